@@ -1,0 +1,51 @@
+"""kprune: neural-network pruning for Keras 3 on TensorFlow.
+
+Example:
+
+>>> import keras, kprune
+>>> model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(300, activation="relu"),
+...                           keras.layers.Dense(10)])
+>>> pruned = kprune.prune(model, kprune.LinearSparsity(0.0, 0.9, begin_step=0, end_step=1000))
+"""
+
+from kprune.api import (
+    apply_masks,
+    bind_optimizer,
+    format_sparsity_report,
+    get_masks,
+    prune,
+    pruning_wrappers,
+    set_masks,
+    sparsity_report,
+    strip,
+)
+from kprune.callbacks import PruningCallback
+from kprune.schedules import (
+    ConstantSparsity,
+    CyclicalSparsity,
+    LinearSparsity,
+    PolynomialDecay,
+    PruningSchedule,
+)
+from kprune.wrapper import PruningWrapper
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConstantSparsity",
+    "CyclicalSparsity",
+    "LinearSparsity",
+    "PolynomialDecay",
+    "PruningCallback",
+    "PruningSchedule",
+    "PruningWrapper",
+    "apply_masks",
+    "bind_optimizer",
+    "format_sparsity_report",
+    "get_masks",
+    "prune",
+    "pruning_wrappers",
+    "set_masks",
+    "sparsity_report",
+    "strip",
+]

@@ -1,0 +1,141 @@
+"""Mask maths: scores + target sparsity + old mask -> new mask.
+
+Everything here is pure TensorFlow on tensors (no Keras objects) and runs inside compiled train
+steps, XLA included, so shapes stay static and nothing is sorted.
+
+Selection rule, used by every method: to prune `k` weights out of a set, remove the `k` lowest
+scores; among equal scores, the one that comes first in flat (row-major) order, across the list
+of tensors in the order given, goes first. The k-th lowest score is found by bisection on an
+order-preserving integer view of the float32 scores: 32 counting passes, exact, no sort, so
+memory stays at one extra int32 copy of the scores.
+
+Example:
+
+>>> scores = [tf.constant([[3.0, 1.0], [2.0, 1.0]])]
+>>> [m.numpy().tolist() for m in prune_lowest(scores, 2)]
+[[[False, True], [False, True]]]
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+__all__ = ["SCOPES", "prune_count", "prune_lowest", "compute_masks", "sortable_keys"]
+
+SCOPES = ("layer", "global")
+
+_INT32_MIN = -(2**31)
+_INT32_MAX = 2**31 - 1
+
+
+def sortable_keys(scores):
+    """Maps float scores to int32 keys with the same order (-inf < ... < -0.0 < +0.0 < ... inf).
+
+    Non-negative IEEE floats already sort like their bit patterns read as integers; negative ones
+    sort in reverse, so their magnitude bits are negated (minus one keeps -0.0 below +0.0).
+    """
+    bits = tf.bitcast(tf.cast(scores, tf.float32), tf.int32)
+    return tf.where(bits >= 0, bits, -tf.bitwise.bitwise_and(bits, _INT32_MAX) - 1)
+
+
+def prune_count(sparsity, total):
+    """`round(sparsity * total)` as an int64 tensor (round half to even, computed in float64)."""
+    product = tf.cast(sparsity, tf.float64) * tf.cast(total, tf.float64)
+    return tf.cast(tf.round(product), tf.int64)
+
+
+def _count_at_most(keys, threshold):
+    threshold = tf.cast(threshold, tf.int32)
+    return tf.add_n([tf.reduce_sum(tf.cast(k <= threshold, tf.int64)) for k in keys])
+
+
+def _kth_smallest_key(keys, k):
+    """Smallest key value `t` with at least `k` keys <= t (for k = 0: the lowest int32)."""
+    lo = tf.constant(_INT32_MIN - 1, tf.int64)  # count(key <= lo) == 0 < k, or k == 0
+    hi = tf.constant(_INT32_MAX, tf.int64)  # count(key <= hi) == N >= k
+
+    def body(lo, hi):
+        mid = lo + (hi - lo) // 2
+        enough = _count_at_most(keys, mid) >= k
+        return tf.where(enough, lo, mid), tf.where(enough, mid, hi)
+
+    _, hi = tf.while_loop(lambda lo, hi: hi - lo > 1, body, (lo, hi), maximum_iterations=33)
+    return hi
+
+
+def prune_lowest(scores, k):
+    """Boolean masks, True where a weight is among the `k` lowest scores of the whole list.
+
+    Args:
+        scores: list of float tensors (any shapes); they are ranked jointly.
+        k: number of entries to select (scalar int, 0 <= k <= total size).
+
+    Returns:
+        A list of bool tensors shaped like `scores`, with exactly `k` True entries in all.
+
+    Example:
+
+    >>> m = prune_lowest([tf.constant([0.5, 0.1]), tf.constant([0.1, 0.9])], 2)
+    >>> [x.numpy().tolist() for x in m]
+    [[False, True], [True, False]]
+    """
+    keys = [tf.reshape(sortable_keys(s), [-1]) for s in scores]
+    k = tf.cast(k, tf.int64)
+    threshold = tf.cast(_kth_smallest_key(keys, k), tf.int32)
+    below = [key < threshold for key in keys]
+    n_below = tf.add_n([tf.reduce_sum(tf.cast(b, tf.int64)) for b in below])
+    ties_to_take = k - n_below
+    masks = []
+    ties_before = tf.constant(0, tf.int64)
+    for key, low, score in zip(keys, below, scores):
+        tie = tf.equal(key, threshold)
+        tie_rank = tf.cumsum(tf.cast(tie, tf.int64)) + ties_before  # 1-based across the list
+        take = tf.logical_or(low, tf.logical_and(tie, tie_rank <= ties_to_take))
+        masks.append(tf.reshape(take, tf.shape(score)))
+        ties_before += tf.reduce_sum(tf.cast(tie, tf.int64))
+    return masks
+
+
+def compute_masks(scores, old_masks, sparsity, scope="layer", monotone=True):
+    """New binary masks (1 = keep) from scores and a target sparsity.
+
+    Args:
+        scores: list of float tensors, higher = more important.
+        old_masks: list of current masks (same shapes; nonzero = active).
+        sparsity: target fraction of zeros, scalar tensor in [0, 1).
+        scope: `"layer"` prunes `round(s * n_i)` of every tensor; `"global"` prunes
+            `round(s * N)` of all tensors together with one threshold.
+        monotone: if True, weights already pruned stay pruned (they are ranked below every
+            active weight, and the count never drops below the number already pruned); if False
+            the mask is recomputed over the whole tensor and pruned weights can return.
+
+    Returns:
+        A list of float32 tensors of 0s and 1s.
+
+    Example:
+
+    >>> w = [tf.constant([1.0, -4.0, 2.0, 0.5])]
+    >>> m = compute_masks([tf.abs(w[0])], [tf.ones(4)], 0.5)
+    >>> m[0].numpy().tolist()
+    [1.0, 1.0, 1.0, 0.0]
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
+    scores = [tf.cast(s, tf.float32) for s in scores]
+    active = [tf.not_equal(m, 0) for m in old_masks]
+    if monotone:
+        scores = [tf.where(a, s, float("-inf")) for s, a in zip(scores, active)]
+    groups = [list(range(len(scores)))] if scope == "global" else [[i] for i in range(len(scores))]
+    new_masks = [None] * len(scores)
+    for group in groups:
+        group_scores = [scores[i] for i in group]
+        total = sum(int(s.shape.num_elements()) for s in group_scores)
+        k = prune_count(sparsity, total)
+        if monotone:
+            n_inactive = tf.add_n(
+                [tf.reduce_sum(tf.cast(tf.logical_not(active[i]), tf.int64)) for i in group]
+            )
+            k = tf.maximum(k, n_inactive)
+        for i, pruned in zip(group, prune_lowest(group_scores, k)):
+            new_masks[i] = tf.cast(tf.logical_not(pruned), tf.float32)
+    return new_masks

@@ -1,0 +1,297 @@
+"""`PruningWrapper`: a Keras layer wrapper that keeps a layer's prunable weights sparse.
+
+How a wrapped layer behaves:
+
+* `build()` creates one mask per prunable variable (non-trainable, initialised to ones, saved
+  with the model) and installs a variable constraint, so every optimizer update is followed by
+  `w <- w * mask` inside the compiled train step (Keras applies constraints after
+  `apply_gradients`).
+* `call()` runs the inner layer with `w * mask` in place of `w` (through `keras.StatelessScope`),
+  so pruned weights are zero in every forward pass and receive zero gradient.
+* In training, a `PruningGroup` (made by `kprune.bind_optimizer`, which `PruningCallback` calls
+  at the start of `fit`) asks the schedule, at the step read from `optimizer.iterations`, whether
+  to update. If so it recomputes the masks of all its wrappers in one `tf.cond` branch: scores,
+  selection (per variable or one global threshold), then masks, weights and optimizer slots are
+  multiplied by the new mask. No Python runs per step.
+
+Example:
+
+>>> layer = PruningWrapper(keras.layers.Dense(4), LinearSparsity(0.0, 0.5, 0, 100))
+>>> y = layer(np.ones((2, 3), "float32"))
+>>> [m.shape for m in layer.masks]
+[(3, 4)]
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+from keras.src.backend.common.variables import AutocastScope
+
+from kprune import scores as scores_lib
+from kprune.masking import SCOPES, compute_masks
+from kprune.schedules import PruningSchedule
+from kprune.targets import check_supported, is_prunable, prunable_weights
+
+__all__ = ["PruningWrapper", "PruningGroup", "MaskConstraint"]
+
+
+def exact_value(variable):
+    """The variable's value in its own dtype, also inside a mixed-precision layer call.
+
+    `variable.value` is autocast to the compute dtype (e.g. float16) inside `call()`; masks and
+    weight updates must be computed on the stored float32 values.
+    """
+    with AutocastScope(None):
+        return variable.value
+
+
+@keras.saving.register_keras_serializable(package="kprune")
+class MaskConstraint(keras.constraints.Constraint):
+    """Constraint `w -> inner(w) * mask`, re-applied by the optimizer after each update.
+
+    It is installed on variables by `PruningWrapper.build()` and never serialized in a layer
+    config (Keras layer configs hold their own `kernel_constraint`, not the variable's).
+
+    Example:
+
+    >>> mask = keras.Variable([1.0, 0.0], trainable=False)
+    >>> MaskConstraint(mask)(ops.convert_to_tensor([3.0, 4.0])).numpy().tolist()
+    [3.0, 0.0]
+    """
+
+    def __init__(self, mask, inner=None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return w * ops.cast(self.mask, w.dtype)
+
+
+@keras.saving.register_keras_serializable(package="kprune")
+class PruningWrapper(keras.layers.Wrapper):
+    """Wraps a prunable Keras layer and masks its prunable weights.
+
+    The wrapper takes the inner layer's name, so `model.get_layer(name)` keeps working after
+    `kprune.prune()`; its variables live under `<name>/<name>/...`.
+
+    Args:
+        layer: a Keras layer that `kprune.targets.is_prunable` accepts (Dense, Conv*,
+            DepthwiseConv*, SeparableConv*, EinsumDense, Embedding, or a layer with
+            `get_prunable_weights()`).
+        schedule: a `kprune.PruningSchedule`, or None for a fixed mask that training never
+            updates (masks set by pruning at initialization or lottery-ticket rounds).
+        scope: `"layer"` (each variable pruned to the target on its own) or `"global"` (one
+            magnitude threshold over all global-scope wrappers of the model).
+        **kwargs: passed to `keras.layers.Wrapper` (e.g. `name`).
+
+    Example:
+
+    >>> conv = PruningWrapper(keras.layers.Conv2D(8, 3), ConstantSparsity(0.5))
+    >>> conv.build((None, 16, 16, 3))
+    >>> [m.name for m in conv.masks]
+    ['kernel_mask']
+    """
+
+    def __init__(self, layer, schedule=None, scope="layer", **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                "PruningWrapper wraps a Keras 3 layer (keras.layers.Layer). "
+                f"Received: layer={layer!r} of type {type(layer).__name__}"
+            )
+        if isinstance(layer, PruningWrapper):
+            raise ValueError(
+                f"Layer '{layer.name}' is already a PruningWrapper; wrapping it twice would "
+                "apply two masks. Pass the inner layer (`wrapper.layer`) instead."
+            )
+        if not is_prunable(layer):
+            raise ValueError(
+                f"Layer '{layer.name}' of type {type(layer).__name__} has no weights kprune "
+                "knows how to prune. Supported: Dense, EinsumDense, Conv1D/2D/3D, "
+                "Conv*Transpose, DepthwiseConv1D/2D, SeparableConv1D/2D, Embedding, or any "
+                "layer that defines get_prunable_weights()."
+            )
+        check_supported(layer)
+        if schedule is not None and not isinstance(schedule, PruningSchedule):
+            raise TypeError(
+                "`schedule` must be a kprune.PruningSchedule (e.g. kprune.LinearSparsity) or "
+                f"None. Received: schedule={schedule!r}"
+            )
+        if scope not in SCOPES:
+            raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
+        kwargs.setdefault("name", layer.name)
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(layer, **kwargs)
+        self.schedule = schedule
+        self.scope = scope
+        self.masks = []
+        # Set by kprune.bind_optimizer(); a plain Python object, so Keras does not track it.
+        self._group = None
+        self.supports_masking = getattr(layer, "supports_masking", False)
+
+    # -- state ------------------------------------------------------------------------------
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        check_supported(self.layer)
+        weights = prunable_weights(self.layer)
+        if not weights:
+            raise ValueError(
+                f"Layer '{self.layer.name}' returned no prunable weights after build; nothing "
+                "to wrap."
+            )
+        masks = []
+        for w in weights:
+            mask = self.add_weight(
+                name=f"{w.name}_mask",
+                shape=tuple(w.shape),
+                initializer="ones",
+                dtype=w.dtype,
+                trainable=False,
+                # Masks are computed from mirrored weights and are identical on every replica;
+                # taking the first replica's value avoids an all-reduce on every assignment.
+                aggregation="only_first_replica",
+            )
+            previous = w.constraint
+            if isinstance(previous, MaskConstraint):  # rebuilt: keep the user's constraint
+                previous = previous.inner
+            w.constraint = MaskConstraint(mask, previous)
+            masks.append(mask)
+        self.masks = masks
+        self.built = True
+
+    @property
+    def pruned_weights(self):
+        """The inner layer's variables that this wrapper masks, in the order of `masks`."""
+        return prunable_weights(self.layer)
+
+    def apply_masks(self):
+        """Multiplies the pruned weights by their masks in place (eager or graph)."""
+        for w, m in zip(self.pruned_weights, self.masks):
+            w.assign(exact_value(w) * ops.cast(exact_value(m), w.dtype))
+
+    # -- forward ----------------------------------------------------------------------------
+    def call(self, inputs, *args, training=None, **kwargs):
+        if training is True and self.schedule is not None:
+            if self._group is None:
+                raise RuntimeError(
+                    f"PruningWrapper '{self.name}' was called with training=True but no "
+                    "optimizer is bound to it, so its pruning schedule cannot advance. Pass "
+                    "kprune.PruningCallback() to model.fit(callbacks=[...]), or call "
+                    "kprune.bind_optimizer(model, optimizer) once before a custom training loop."
+                )
+            if self._group.leader is self:
+                self._group.maybe_update()
+        if self.layer._call_has_training_arg:
+            kwargs["training"] = training
+        pruned = {id(w): m for w, m in zip(self.pruned_weights, self.masks)}
+        mapping = []
+        for v in self.layer.variables:
+            value = exact_value(v)  # also resolves an enclosing StatelessScope, if any
+            if id(v) in pruned:
+                value = value * ops.cast(pruned[id(v)], value.dtype)
+            mapping.append((v, value))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            given = {id(v): scope.get_current_value(v) for v, _ in mapping}
+            outputs = self.layer(inputs, *args, **kwargs)
+        # Hand on whatever the inner layer updated (e.g. a seed generator) and its losses.
+        for v, _ in mapping:
+            new = scope.get_current_value(v)
+            if new is not given[id(v)]:
+                v.assign(new)
+        for loss in scope.losses:
+            self.add_loss(loss)
+        return outputs
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return self.layer.compute_mask(inputs, previous_mask)
+
+    # -- serialization ----------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config["schedule"] = (
+            None if self.schedule is None else keras.saving.serialize_keras_object(self.schedule)
+        )
+        config["scope"] = self.scope
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(
+            config.pop("layer"), custom_objects=custom_objects
+        )
+        schedule = config.pop("schedule", None)
+        if schedule is not None:
+            schedule = keras.saving.deserialize_keras_object(
+                schedule, custom_objects=custom_objects
+            )
+        return cls(layer, schedule=schedule, **config)
+
+
+class PruningGroup:
+    """Wrappers pruned together: one schedule, one step counter, one selection per update.
+
+    Made by `kprune.bind_optimizer()`. The first wrapper of the group (in the model's layer
+    order) is the leader: its `call()` runs the update for the whole group, so a global
+    threshold is computed once per update. A wrapper called before the leader in the same step
+    runs that step's forward pass with its previous mask; the post-update constraint still
+    leaves every pruned weight at exactly zero.
+
+    Args:
+        wrappers: built `PruningWrapper`s sharing `schedule` and `scope`.
+        schedule: their `PruningSchedule`.
+        scope: `"layer"` or `"global"`.
+        step: the optimizer's `iterations` variable.
+        slots: for each wrapper, for each pruned variable, the optimizer variables shaped like
+            it (momentum, Adam moments, ...), zeroed where a weight is pruned.
+
+    Example:
+
+    >>> # normally made for you: kprune.bind_optimizer(model, model.optimizer)
+    """
+
+    def __init__(self, wrappers, schedule, scope, step, slots):
+        self.wrappers = list(wrappers)
+        self.leader = self.wrappers[0]
+        self.schedule = schedule
+        self.scope = scope
+        self.step = step
+        self.slots = slots
+
+    def maybe_update(self):
+        """Runs the schedule at the current step and, if it says so, updates all masks."""
+        should_update, target = self.schedule(ops.convert_to_tensor(self.step))
+        return tf.cond(
+            should_update,
+            lambda: self.update(target),
+            lambda: tf.constant(False),
+        )
+
+    def update(self, target):
+        """Recomputes every mask of the group for sparsity `target` (graph or eager)."""
+        variables, masks, slots = [], [], []
+        for wrapper, wrapper_slots in zip(self.wrappers, self.slots):
+            variables.extend(wrapper.pruned_weights)
+            masks.extend(wrapper.masks)
+            slots.extend(wrapper_slots)
+        values = [exact_value(v) for v in variables]
+        scores = scores_lib.magnitude(values)
+        new_masks = compute_masks(
+            scores,
+            [exact_value(m) for m in masks],
+            target,
+            scope=self.scope,
+            monotone=not self.schedule.allows_regrowth,
+        )
+        for v, value, m, v_slots, new in zip(variables, values, masks, slots, new_masks):
+            m.assign(ops.cast(new, m.dtype))
+            v.assign(value * ops.cast(new, v.dtype))
+            for s in v_slots:
+                s.assign(exact_value(s) * ops.cast(new, s.dtype))
+        return tf.constant(True)
