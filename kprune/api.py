@@ -544,7 +544,8 @@ def format_sparsity_report(report):
     lines = [f"{'weight':<40}  {'shape':<14} {'nonzero':>9} {'total':>12}  sparsity"]
     for row in report["layers"]:
         shape = "x".join(str(d) for d in row["shape"])
-        mark = "" if row["wrapped"] else "  (dense)"
+        # In a pruned model, say which prunable tensors were left dense (e.g. `exclude`).
+        mark = "  (not pruned)" if report["pruned"] is not None and not row["wrapped"] else ""
         lines.append(
             f"{row['weight'][:40]:<40}  {shape:<14} {row['nonzero']:>9} {row['total']:>12}"
             f"  {row['sparsity']:>7.2%}{mark}"
