@@ -265,7 +265,19 @@ class PruningGroup:
         self.slots = slots
 
     def maybe_update(self):
-        """Runs the schedule at the current step and, if it says so, updates all masks."""
+        """Runs the schedule at the current step and, if it says so, updates all masks.
+
+        Under a `tf.distribute` strategy this runs once, in cross-replica context (a
+        `merge_call` before the `tf.cond`, since replicas cannot synchronize inside control
+        flow): the masks are computed from the mirrored weights and written to every replica,
+        so they are identical everywhere by construction.
+        """
+        context = tf.distribute.get_replica_context()
+        if context is not None and tf.distribute.has_strategy():
+            return context.merge_call(lambda strategy: self._conditional_update())
+        return self._conditional_update()
+
+    def _conditional_update(self):
         should_update, target = self.schedule(ops.convert_to_tensor(self.step))
         return tf.cond(
             should_update,
