@@ -20,6 +20,7 @@ from kprune.api import (
     strip,
 )
 from kprune.callbacks import PruningCallback
+from kprune.lottery import run_lottery
 from kprune.schedules import (
     ConstantSparsity,
     CyclicalSparsity,
@@ -45,6 +46,7 @@ __all__ = [
     "get_masks",
     "prune",
     "pruning_wrappers",
+    "run_lottery",
     "set_masks",
     "sparsity_report",
     "strip",

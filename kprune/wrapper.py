@@ -267,26 +267,32 @@ class PruningGroup:
     def maybe_update(self):
         """Runs the schedule at the current step and, if it says so, updates all masks.
 
-        Under a `tf.distribute` strategy this runs once, in cross-replica context (a
-        `merge_call` before the `tf.cond`, since replicas cannot synchronize inside control
-        flow): the masks are computed from the mirrored weights and written to every replica,
-        so they are identical everywhere by construction.
+        Under a `tf.distribute` strategy the update runs once in cross-replica context (through
+        `merge_call`, as Keras' own optimizer updates do): tf.distribute cannot assign mirrored
+        variables from replica context inside a `tf.cond`. The masks are then computed from the
+        mirrored weights and written to every replica, so they are identical everywhere.
         """
-        context = tf.distribute.get_replica_context()
-        if context is not None and tf.distribute.has_strategy():
-            return context.merge_call(lambda strategy: self._conditional_update())
-        return self._conditional_update()
+        if not tf.distribute.has_strategy():
+            return self._maybe_update(None)
+        strategy = tf.distribute.get_strategy()
+        if tf.distribute.in_cross_replica_context():
+            return self._maybe_update(strategy)
+        return tf.__internal__.distribute.interim.maybe_merge_call(self._maybe_update, strategy)
 
-    def _conditional_update(self):
+    def _maybe_update(self, strategy):
         should_update, target = self.schedule(ops.convert_to_tensor(self.step))
         return tf.cond(
             should_update,
-            lambda: self.update(target),
+            lambda: self.update(target, strategy),
             lambda: tf.constant(False),
         )
 
-    def update(self, target):
-        """Recomputes every mask of the group for sparsity `target` (graph or eager)."""
+    def update(self, target, strategy=None):
+        """Recomputes every mask of the group for sparsity `target` (graph or eager).
+
+        With a `strategy` (cross-replica context), every replica's copy of the masks, weights
+        and slots is written through `strategy.extended.update`.
+        """
         variables, masks, slots = [], [], []
         for wrapper, wrapper_slots in zip(self.wrappers, self.slots):
             variables.extend(wrapper.pruned_weights)
@@ -302,8 +308,26 @@ class PruningGroup:
             monotone=not self.schedule.allows_regrowth,
         )
         for v, value, m, v_slots, new in zip(variables, values, masks, slots, new_masks):
-            m.assign(ops.cast(new, m.dtype))
-            v.assign(value * ops.cast(new, v.dtype))
-            for s in v_slots:
-                s.assign(exact_value(s) * ops.cast(new, s.dtype))
+            if strategy is None:
+                m.assign(ops.cast(new, m.dtype))
+                v.assign(value * ops.cast(new, v.dtype))
+                for s in v_slots:
+                    s.assign(exact_value(s) * ops.cast(new, s.dtype))
+            else:
+                _on_every_replica(strategy, m, _assign_mask, new)
+                for x in (v, *v_slots):
+                    _on_every_replica(strategy, x, _multiply_by_mask, new)
         return tf.constant(True)
+
+
+def _assign_mask(variable, mask):
+    return variable.assign(tf.cast(mask, variable.dtype))
+
+
+def _multiply_by_mask(variable, mask):
+    return variable.assign(variable * tf.cast(mask, variable.dtype))
+
+
+def _on_every_replica(strategy, variable, fn, mask):
+    """`fn(copy, mask)` for every replica's copy of a Keras variable (cross-replica context)."""
+    strategy.extended.update(exact_value(variable), fn, args=(mask,), group=False)
