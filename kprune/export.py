@@ -166,8 +166,10 @@ class _InputSpec:
             inputs = list(model.inputs)
         except (AttributeError, ValueError) as e:
             raise ValueError(
-                f"Model '{model.name}' has no defined inputs; start it with keras.Input(...) "
-                "(or build it) before exporting."
+                f"Model '{model.name}' ({type(model).__name__}) has no defined inputs, which "
+                "the export signature needs. Start Sequential models with keras.Input(shape); "
+                "wrap a subclassed model in a functional one: inputs = keras.Input(shape); "
+                "keras.Model(inputs, model(inputs))."
             ) from e
         self.names = [t.name for t in inputs]
         self.shapes = [tuple(t.shape[1:]) for t in inputs]
@@ -864,12 +866,24 @@ def _plain_model(model):
 
 
 def _dense_twin(model):
-    """Same architecture, fresh weights (none of them zero by pruning)."""
+    """A model to measure the dense export with, and a sentence saying what it is.
+
+    Preferably the same architecture with fresh weights (a model that was never pruned); if
+    the model cannot be cloned (e.g. it contains a subclassed model), the model itself, whose
+    zeros then flatter the dense gzip size (raw bytes are unaffected).
+    """
     try:
         twin = keras.models.clone_model(model)
-    except Exception as e:  # subclassed or otherwise unclonable models
-        return None, f"the model could not be cloned ({type(e).__name__}: {e})"
-    return twin, None
+    except Exception as e:  # subclassed parts, custom layers without get_config, ...
+        return model, (
+            f"same weights stored densely (the model could not be cloned: {type(e).__name__}); "
+            "raw bytes are those of a dense model, gzip bytes are smaller than a dense "
+            "model's because the zeros compress"
+        )
+    return twin, (
+        "same architecture, freshly initialized weights, same converter settings without "
+        "sparse encoding"
+    )
 
 
 def export(
@@ -906,7 +920,9 @@ def export(
     Dense baseline: the same architecture with freshly initialized weights (a model that was
     never pruned), exported with the same settings minus the sparse encoding. Its raw bytes
     are what an unpruned model of this architecture costs; its gzip bytes are realistic for
-    trained dense weights, which do not compress much.
+    trained dense weights, which do not compress much. A model that cannot be cloned (one with
+    a subclassed part) is measured against its own weights stored densely; `dense_baseline`
+    in the report says which.
 
     Args:
         model: a built `keras.Model`, pruned (wrapped) or stripped.
@@ -1041,12 +1057,12 @@ def _export_into(
     compare_dense,
     runtime,
 ):
+    """Writes the artifacts into `tmp` and returns the report (the caller writes it)."""
     work = os.path.join(tmp, ".work")  # scratch space inside tmp: removed with it on error
     os.makedirs(work)
     saved_model_dir = os.path.join(tmp if "saved_model" in formats else work, SAVED_MODEL_DIR)
     _export_saved_model(model, saved_model_dir)
     calibration = _calibration(spec, quantize, representative_data, num_calibration_samples)
-
     keras_report = sparsity_report(model)
     report = {
         "format_version": 1,
@@ -1061,20 +1077,15 @@ def _export_into(
         "dense_baseline": None,
         "artifacts": {},
     }
-
-    twin, twin_note = (None, "not requested (compare_dense=False)")
-    if compare_dense:
-        twin, twin_note = _dense_twin(model)
+    twin, report["dense_baseline"] = (
+        _dense_twin(model) if compare_dense else (None, "not measured (compare_dense=False)")
+    )
     twin_dir = None
-    if twin is not None:
+    if twin is model:
+        twin_dir = saved_model_dir
+    elif twin is not None:
         twin_dir = os.path.join(work, "dense_saved_model")
         _export_saved_model(twin, twin_dir)
-        report["dense_baseline"] = (
-            "same architecture, freshly initialized weights, same converter settings "
-            "without sparse encoding"
-        )
-    else:
-        report["dense_baseline"] = f"unavailable: {twin_note}"
 
     if "saved_model" in formats:
         entry = {"path": SAVED_MODEL_DIR}
@@ -1087,7 +1098,6 @@ def _export_into(
             )
         )
         report["artifacts"]["saved_model"] = entry
-
     tflite_bytes = None
     if "tflite" in formats:
         tflite_bytes = _convert_saved_model(
@@ -1095,58 +1105,101 @@ def _export_into(
         )
         with open(os.path.join(tmp, TFLITE_FILE), "wb") as f:
             f.write(tflite_bytes)
-        dense = dense_fp32 = None
-        if twin_dir:
-            dense = _convert_saved_model(
-                twin_dir, twin, sparse=False, quantize=quantize, calibration=calibration
-            )
-            dense_fp32 = dense
-            if quantize != "none":
-                dense_fp32 = _convert_saved_model(
-                    twin_dir, twin, sparse=False, quantize="none", calibration=None
-                )
-        entry = {"path": TFLITE_FILE, "quantize": quantize, "sparse_encoding": True}
-        entry.update(
-            _sizes(
-                len(tflite_bytes),
-                _gzip_size(tflite_bytes),
-                len(dense) if dense else None,
-                _gzip_size(dense) if dense else None,
-            )
+        report["artifacts"]["tflite"] = _tflite_entry(
+            tflite_bytes, quantize, twin, twin_dir, calibration, keras_report["layers"]
         )
-        entry["dense_fp32_bytes"] = len(dense_fp32) if dense_fp32 else None
-        entry["ratio_vs_dense_fp32"] = len(tflite_bytes) / len(dense_fp32) if dense_fp32 else None
-        weights = _match_keras_weights(read_tflite_weights(tflite_bytes), keras_report["layers"])
-        entry["weights"] = weights
-        notes = []
-        if any(r["matched_by"] == "size and order" for r in weights):
-            notes.append(
-                "Some weight tensors carry no layer name in the file (the converter renames "
-                "sparse tensors after the op they feed); they were matched to Keras weights "
-                "by element count in layer order."
-            )
-        if any(r["nonzero"] is None for r in weights):
-            notes.append(
-                "Zeros of tensors with non-zero quantization zero-points cannot be counted "
-                "from the stored values; their sparsity is null."
-            )
-        if quantize != "none":
-            notes.append(
-                "Quantization can round small weights to zero, so a quantized tensor may have "
-                "fewer non-zeros than its Keras weight."
-            )
-        entry["notes"] = notes
-        report["artifacts"]["tflite"] = entry
 
-    # Parity. Samples: eval_data, else representative_data, else synthetic.
     if eval_data is not None:
-        samples, source = _take_samples(eval_data, num_eval_samples, spec, "eval_data"), "eval_data"
+        samples = _take_samples(eval_data, num_eval_samples, spec, "eval_data")
+        source = "eval_data"
     elif representative_data is not None:
         samples = _take_samples(representative_data, num_eval_samples, spec, "representative_data")
         source = "representative_data"
     else:
         samples, source = spec.synthetic(num_eval_samples), "synthetic uniform [0, 1) inputs"
-    chunk = 32
+    report["parity"] = _parity(
+        model,
+        spec,
+        samples,
+        source,
+        saved_model_dir if "saved_model" in formats else None,
+        tflite_bytes,
+        quantize=quantize,
+        min_fp32_agreement=min_fp32_agreement,
+        runtime=runtime,
+        report=report,
+    )
+    shutil.rmtree(work)
+    return report
+
+
+def _tflite_entry(tflite_bytes, quantize, twin, twin_dir, calibration, keras_rows):
+    """Sizes against the dense twin, and the weights read back from the file."""
+    dense = dense_fp32 = None
+    if twin_dir:
+        dense = _convert_saved_model(
+            twin_dir, twin, sparse=False, quantize=quantize, calibration=calibration
+        )
+        dense_fp32 = dense
+        if quantize != "none":
+            dense_fp32 = _convert_saved_model(
+                twin_dir, twin, sparse=False, quantize="none", calibration=None
+            )
+    entry = {"path": TFLITE_FILE, "quantize": quantize, "sparse_encoding": True}
+    entry.update(
+        _sizes(
+            len(tflite_bytes),
+            _gzip_size(tflite_bytes),
+            len(dense) if dense else None,
+            _gzip_size(dense) if dense else None,
+        )
+    )
+    entry["dense_fp32_bytes"] = len(dense_fp32) if dense_fp32 else None
+    entry["ratio_vs_dense_fp32"] = len(tflite_bytes) / len(dense_fp32) if dense_fp32 else None
+    weights = _match_keras_weights(read_tflite_weights(tflite_bytes), keras_rows)
+    entry["weights"] = weights
+    notes = []
+    if any(r["matched_by"] == "size and order" for r in weights):
+        notes.append(
+            "Some weight tensors carry no layer name in the file (the converter renames "
+            "sparse tensors after the op they feed); they were matched to Keras weights "
+            "by element count in layer order."
+        )
+    if any(r["nonzero"] is None for r in weights):
+        notes.append(
+            "Zeros of tensors with non-zero quantization zero-points cannot be counted "
+            "from the stored values; their sparsity is null."
+        )
+    if quantize != "none":
+        notes.append(
+            "Quantization can round small weights to zero, so a quantized tensor may have "
+            "fewer non-zeros than its Keras weight."
+        )
+    if entry["ratio"] is not None and entry["ratio"] > 1:
+        notes.append(
+            "The sparse file is larger than the dense one: at this sparsity the index arrays "
+            "of the sparse format cost more than the zeros they replace (common with int8 "
+            "weights below ~60-70% sparsity)."
+        )
+    entry["notes"] = notes
+    return entry
+
+
+def _parity(
+    model,
+    spec,
+    samples,
+    source,
+    saved_model_dir,
+    tflite_bytes,
+    *,
+    quantize,
+    min_fp32_agreement,
+    runtime,
+    report,
+):
+    """Runs Keras and each artifact on `samples`; adds SavedModel weights to `report`."""
+    chunk = min(32, _num_samples(samples))
     reference = _keras_outputs(model, spec, samples, chunk)
     parity = {
         "samples": _num_samples(samples),
@@ -1154,27 +1207,24 @@ def _export_into(
         "min_fp32_agreement": min_fp32_agreement,
         "failures": [],
     }
-    loaded = tf.saved_model.load(saved_model_dir)
-    if "saved_model" in formats:
+    if saved_model_dir is not None:
+        loaded = tf.saved_model.load(saved_model_dir)
         result = compare_outputs(reference, _run_saved_model(loaded, samples, chunk))
         result["gated"] = True
         parity["saved_model"] = result
         report["artifacts"]["saved_model"]["weights"] = _saved_model_weights(loaded, model)
+        del loaded
     if tflite_bytes is not None:
-        chunk_tflite = min(chunk, _num_samples(samples))
-        interpreter, info = make_interpreter(tflite_bytes, runtime=runtime, batch_size=chunk_tflite)
-        result = compare_outputs(reference, _run_tflite(interpreter, samples, chunk_tflite))
+        interpreter, info = make_interpreter(tflite_bytes, runtime=runtime, batch_size=chunk)
+        result = compare_outputs(reference, _run_tflite(interpreter, samples, chunk))
         result.update(info)
         result["gated"] = quantize == "none"
         parity["tflite"] = result
-    del loaded
     for name in FORMATS:
         result = parity.get(name)
-        if (
-            result is not None
-            and result["gated"]
-            and not _passes(result, min_fp32_agreement, reference)
-        ):
+        if result is None or not result["gated"]:
+            continue
+        if not _passes(result, min_fp32_agreement, reference):
             agreement = result["top1_agreement"]
             parity["failures"].append(
                 f"{name}: top-1 agreement {agreement:.4%} < {min_fp32_agreement:.2%}"
@@ -1182,9 +1232,7 @@ def _export_into(
                 else f"{name}: max |difference| {result['max_abs_diff']:.3g} too large"
             )
     parity["passed"] = not parity["failures"]
-    report["parity"] = parity
-    shutil.rmtree(work)
-    return report
+    return parity
 
 
 def _fmt_bytes(n):

@@ -242,6 +242,28 @@ def test_model_must_be_a_keras_model(tmp_path):
         export("model.keras", tmp_path / "out")
 
 
+def test_subclassed_model_without_inputs_gets_a_recipe(tmp_path):
+    class Classifier(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.fc = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.fc(x)
+
+    model = Classifier()
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(ValueError, match=r"keras.Model\(inputs, model\(inputs\)\)"):
+        export(model, tmp_path / "out", verbose=False)
+    assert os.listdir(tmp_path) == []
+    inputs = keras.Input((4,), name="x")
+    report = export(keras.Model(inputs, model(inputs)), tmp_path / "out", verbose=False)
+    assert report["parity"]["passed"]
+    # A subclassed part cannot be cloned: the dense baseline falls back to the same weights.
+    assert report["dense_baseline"].startswith("same weights stored densely")
+    assert report["artifacts"]["tflite"]["dense_bytes"] > 0
+
+
 def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise ConversionError("converter exploded")
