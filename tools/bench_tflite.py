@@ -14,10 +14,11 @@ Variants are timed in interleaved stretches (dense, sparse, ..., dense, sparse, 
 warm-up; the table shows the median time per run and, per variant, the median (min-max) of
 its per-stretch ratio to dense_fp32, which cancels most of the drift of a shared machine.
 
-Sparse inference in XNNPACK only exists for some float MobileNet-like subgraphs; elsewhere the
-runtime densifies the weights when it prepares the model, so expect size wins and equal (or,
-where XNNPACK refuses quantized sparse weights and the builtin kernels run, worse) latency.
-The JSON records which engine ran each file.
+Sparse inference in XNNPACK only exists for some float MobileNet-like subgraphs, and only on
+ARM/WebAssembly builds (XNNPACK skips it on x86 CPUs with AVX); elsewhere the runtime
+densifies the weights when it prepares the model, so expect size wins and equal (or, where
+XNNPACK refuses quantized sparse weights and the builtin kernels run, worse) latency. The JSON
+records which engine ran each file, and whether the machine could take the sparse path.
 
     python tools/bench_tflite.py                 # full run, writes bench_tflite.json
     python tools/bench_tflite.py --quick         # smoke run: small MobileNetV2, few runs
@@ -256,12 +257,24 @@ def machine():
     except OSError:
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    arch = platform.machine().lower()
+    x86 = arch in ("x86_64", "amd64", "i386", "i686")
+    avx = None
+    if x86:
+        try:
+            with open("/proc/cpuinfo") as f:
+                avx = any(line.startswith("flags") and " avx" in line for line in f)
+        except OSError:
+            pass
     return {
         "cpu": cpu,
+        "arch": arch,
         "cores": os.cpu_count(),
         "cores_usable": affinity,
         "platform": platform.platform(),
         "gpu": None,
+        # XNNPACK's sparse (CHW) kernels are disabled on x86 CPUs with AVX.
+        "xnnpack_sparse_path_possible": (not x86) or (avx is False),
     }
 
 
