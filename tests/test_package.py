@@ -39,7 +39,8 @@ def test_ci_runs_the_readme_test_command():
 
 def readme_blocks():
     readme = (ROOT / "README.md").read_text()
-    pattern = r"<!-- ([\w-]+): tests/test_package.py runs this block as written -->\n```python\n(.*?)```"
+    marker = r"<!-- ([\w-]+): tests/test_package.py runs this block as written -->"
+    pattern = marker + r"\n```python\n(.*?)```"
     return re.findall(pattern, readme, re.S)
 
 
