@@ -15,10 +15,11 @@ warm-up; the table shows the median time per run and, per variant, the median (m
 its per-stretch ratio to dense_fp32, which cancels most of the drift of a shared machine.
 
 Sparse inference in XNNPACK only exists for some float MobileNet-like subgraphs, and only on
-ARM/WebAssembly builds (XNNPACK skips it on x86 CPUs with AVX); elsewhere the runtime
-densifies the weights when it prepares the model, so expect size wins and equal (or, where
-XNNPACK refuses quantized sparse weights and the builtin kernels run, worse) latency. The JSON
-records which engine ran each file, and whether the machine could take the sparse path.
+ARM/WebAssembly and on x86 CPUs without AVX (XNNPACK turns it off when AVX is present);
+elsewhere the runtime densifies the weights when it prepares the model, so expect size wins and
+equal (or, where XNNPACK refuses quantized sparse weights and the builtin kernels run, worse)
+latency. The JSON records which engine ran each file, and whether the machine could take the
+sparse path.
 
     python tools/bench_tflite.py                 # full run, writes bench_tflite.json
     python tools/bench_tflite.py --quick         # smoke run: small MobileNetV2, few runs
