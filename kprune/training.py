@@ -330,7 +330,8 @@ def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose
 
     Returns:
         A dict with `test_accuracy`, `test_loss` (cross-entropy plus the weight-decay
-        penalty, as Keras reports it), `best_test_accuracy` (None without per-epoch evaluation), `total_steps` (optimizer steps taken), `epochs_run`, `fit_time_s` and
+        penalty, as Keras reports it), `best_test_accuracy` (None without per-epoch
+        evaluation), `total_steps` (optimizer steps taken), `epochs_run`, `fit_time_s` and
         `history` (per-epoch metrics of this call).
 
     Example:
