@@ -214,7 +214,9 @@ flags.DEFINE_list(
     "Deployment formats to write to <model_dir>/export after training (kprune.export).",
 )
 flags.DEFINE_string(
-    "export_quantize", None, "Quantization for --export, as kprune.export accepts it."
+    "export_quantize",
+    None,
+    "Quantization for --export, one of kprune.export.QUANTIZE_MODES (default: its default).",
 )
 flags.DEFINE_bool(
     "dry_run",
@@ -561,6 +563,12 @@ def _check_export(config):
         unknown = sorted(set(config.export) - set(formats))
         if unknown:
             raise UsageError(f"--export: unknown formats {unknown}; valid: {', '.join(formats)}")
+    modes = getattr(export_module, "QUANTIZE_MODES", None)
+    if config.export_quantize is not None and modes is not None:
+        if config.export_quantize not in modes:
+            raise UsageError(
+                f"--export_quantize={config.export_quantize} is not one of {', '.join(modes)}"
+            )
     return export_fn
 
 
@@ -804,13 +812,12 @@ def _execute(ctx, plan_lines, state, export_fn):
     stripped.save(tmp_path)
     os.replace(tmp_path, model_path)
     if export_fn is not None:
-        # The export hook: deployment formats of the stripped model (kprune.export).
-        method_results["export"] = export_fn(
-            stripped,
-            run_dir / "export",
-            formats=list(config.export),
-            quantize=config.export_quantize,
-        )
+        # The export hook: deployment formats of the stripped model (kprune.export). Options
+        # beyond formats and quantization (e.g. int8 calibration data) are for the lead to wire.
+        options = {"formats": list(config.export)}
+        if config.export_quantize is not None:
+            options["quantize"] = config.export_quantize
+        method_results["export"] = export_fn(stripped, run_dir / "export", **options)
 
     final = sparsity_report(stripped)
     pruned_report = method_results.pop("sparsity", None) or final

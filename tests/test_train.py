@@ -180,6 +180,16 @@ def test_export_without_export_module_exits_2(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("kprune.export") is None, reason="kprune.export is not in this build"
+)
+@pytest.mark.parametrize("args", [["--export=pdf"], ["--export=tflite", "--export_quantize=int3"]])
+def test_export_hook_checks_formats_before_training(args, tmp_path, capsys):
+    assert run_cli(*args, f"--model_dir={tmp_path / 'run'}") == 2
+    assert "--export" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_foreign_directory_is_never_used(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert run_cli(f"--model_dir={tmp_path}", "--overwrite") == 2
