@@ -1412,6 +1412,12 @@ def define_flags(flag_values=flags.FLAGS):
         flag_values=flag_values,
     )
     flags.DEFINE_string(
+        "data_dir",
+        None,
+        "tensorflow-datasets data directory for --dataset (as in python -m kprune.train).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
         "data_npz",
         None,
         "A .npz file of model inputs: one array (single input) or one array per input name. "
@@ -1457,16 +1463,11 @@ def _load_npz(path, spec):
     return {n: arrays[n] for n in spec.names}
 
 
-def _named_dataset(name, batch_size=32):
-    """(training inputs, test inputs) of a named dataset, from kprune.data when available."""
-    try:
-        from kprune import data as data_lib
-    except ImportError:
-        raise ValueError(
-            f"--dataset={name} needs the kprune.data module, which this installation lacks; "
-            "pass the inputs as --data_npz=PATH instead."
-        ) from None
-    datasets = data_lib.load_dataset(name, batch_size=batch_size)
+def _named_dataset(name, data_dir=None, batch_size=32):
+    """(training inputs, test inputs) of a dataset known to `kprune.data.load_dataset`."""
+    from kprune import data as data_lib  # imported here: loading tfds is slow
+
+    datasets = data_lib.load_dataset(name, batch_size=batch_size, data_dir=data_dir)
     return datasets.train, datasets.test
 
 
@@ -1495,7 +1496,7 @@ def run(flag_values):
         if fv.data_npz:
             representative = evaluation = _load_npz(fv.data_npz, spec)
         if fv.dataset:
-            representative, evaluation = _named_dataset(fv.dataset)
+            representative, evaluation = _named_dataset(fv.dataset, fv.data_dir)
         export(
             model,
             fv.out,

@@ -170,7 +170,8 @@ class PruningWrapper(keras.layers.Wrapper):
     def apply_masks(self):
         """Multiplies the pruned weights by their masks in place (eager or graph)."""
         for w, m in zip(self.pruned_weights, self.masks):
-            w.assign(exact_value(w) * ops.cast(exact_value(m), w.dtype))
+            value = exact_value(w)
+            w.assign(value * ops.cast(exact_value(m), value.dtype))
 
     # -- forward ----------------------------------------------------------------------------
     def call(self, inputs, *args, training=None, **kwargs):
@@ -309,10 +310,13 @@ class PruningGroup:
         )
         for v, value, m, v_slots, new in zip(variables, values, masks, slots, new_masks):
             if strategy is None:
-                m.assign(ops.cast(new, m.dtype))
-                v.assign(value * ops.cast(new, v.dtype))
+                # Dtypes come from the stored values: inside a mixed-precision call, `v.dtype`
+                # reports the compute dtype (e.g. bfloat16) while the variable holds float32.
+                m.assign(ops.cast(new, exact_value(m).dtype))
+                v.assign(value * ops.cast(new, value.dtype))
                 for s in v_slots:
-                    s.assign(exact_value(s) * ops.cast(new, s.dtype))
+                    slot = exact_value(s)
+                    s.assign(slot * ops.cast(new, slot.dtype))
             else:
                 _on_every_replica(strategy, m, _assign_mask, new)
                 for x in (v, *v_slots):

@@ -501,12 +501,20 @@ def test_cli_errors(tmp_path, saved_pruned, capsys, monkeypatch):
     )
     assert status == export_lib.EXIT_ERROR and "representative_data" in captured.err
 
-    monkeypatch.setitem(sys.modules, "kprune.data", None)  # as before kprune.data exists
+    # A tfds dataset that is not prepared offline: a clear error naming --data_dir.
+    empty = tmp_path / "tfds"
+    empty.mkdir()
     status, captured = _cli(
-        [f"--model={saved_pruned}", f"--out={tmp_path / 'o4'}", "--dataset=mnist"], capsys
+        [
+            f"--model={saved_pruned}",
+            f"--out={tmp_path / 'o4'}",
+            "--dataset=mnist",
+            f"--data_dir={empty}",
+        ],
+        capsys,
     )
-    assert status == export_lib.EXIT_ERROR and "--data_npz" in captured.err
-    assert sorted(os.listdir(tmp_path)) == ["notes.keras", "sm"]
+    assert status == export_lib.EXIT_ERROR and "--data_dir" in captured.err
+    assert sorted(os.listdir(tmp_path)) == ["notes.keras", "sm", "tfds"]
 
 
 def test_cli_parity_failure_exit_status(tmp_path, saved_pruned, capsys, monkeypatch):

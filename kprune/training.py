@@ -1,0 +1,383 @@
+"""The training loop every workflow shares: optimizer, learning rate, loss, callbacks, evaluation.
+
+Workflows (`kprune.gradual`, `kprune.at_init`, `kprune.lottery`) differ in how they prune; they
+all train with `fit_and_evaluate(model, data, TrainConfig(...), run_dir=...)`, which compiles the
+model with the optimizer, learning-rate schedule, weight decay and loss described by the config,
+runs `model.fit` with TensorBoard logging, resumable checkpoints and (for pruned models)
+`kprune.PruningCallback`, then evaluates on the test split.
+
+Conventions taken from the reference implementations (PyTorch):
+
+* Weight decay is coupled L2, as PyTorch's `SGD(weight_decay=wd)`: the gradient of every
+  trainable variable gets `+ wd * w` (an L2 penalty `wd / 2 * ||w||^2` on each variable, biases
+  and BatchNorm included), so it goes through momentum like the published recipes.
+* Step decay multiplies the learning rate by `lr_decay_factor` from the *start* of each listed
+  epoch (PyTorch's MultiStepLR); warm-up rises linearly over `lr_warmup_epochs`; cosine decays
+  to 0 at the last step.
+
+Example:
+
+>>> from kprune import data as data_lib, models
+>>> config = TrainConfig(epochs=2, learning_rate=0.05, lr_schedule="cosine")
+>>> data = data_lib.load_dataset("digits", batch_size=64)
+>>> model = models.lenet300_100(data.input_shape, data.num_classes)
+>>> results = fit_and_evaluate(model, data, config, verbose=0)  # doctest: +SKIP
+>>> sorted(results)[:3]  # doctest: +SKIP
+['best_test_accuracy', 'epochs_run', 'fit_time_s']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from kprune.api import pruning_wrappers
+from kprune.callbacks import PruningCallback
+
+__all__ = [
+    "OPTIMIZERS",
+    "LR_SCHEDULES",
+    "TrainConfig",
+    "WarmupDecay",
+    "SparseCrossentropy",
+    "make_optimizer",
+    "make_loss",
+    "apply_weight_decay",
+    "fit_and_evaluate",
+]
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "step", "cosine")
+
+
+def _number(name, value, low, high=None, *, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
+    bad_low = value <= low if low_open else value < low
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        upper = "inf" if high is None else high
+        raise ValueError(f"`{name}` must be in {left}{low}, {upper}{right}. Received: {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train: epochs, optimizer, learning rate, regularization. Plain values only.
+
+    Attributes:
+        epochs: passes over the training split, >= 1.
+        optimizer: "sgd" (with `momentum`, optionally Nesterov) or "adam".
+        learning_rate: the base (peak) learning rate, > 0.
+        momentum: SGD momentum in [0, 1).
+        nesterov: Nesterov momentum for SGD.
+        lr_schedule: "constant", "step" (times `lr_decay_factor` at each of `lr_decay_epochs`)
+            or "cosine" (to 0 at the end).
+        lr_decay_epochs: epochs (may be fractional) where step decay applies, increasing.
+        lr_decay_factor: multiplier of each step decay, in (0, 1].
+        lr_warmup_epochs: linear warm-up length in epochs, >= 0.
+        weight_decay: coupled L2 coefficient (PyTorch convention), >= 0.
+        label_smoothing: in [0, 1).
+        eval_every_epoch: evaluate on the test split after every epoch (TensorBoard curves and
+            `best_test_accuracy`); the final evaluation always runs.
+
+    Example:
+
+    >>> TrainConfig(epochs=160, lr_schedule="step", lr_decay_epochs=(80, 120)).lr_decay_factor
+    0.1
+    """
+
+    epochs: int = 30
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    lr_schedule: str = "constant"
+    lr_decay_epochs: tuple = ()
+    lr_decay_factor: float = 0.1
+    lr_warmup_epochs: float = 0.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    eval_every_epoch: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"`epochs` must be an integer >= 1. Received: {self.epochs!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"`optimizer` must be one of {OPTIMIZERS}. Received: {self.optimizer!r}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"`lr_schedule` must be one of {LR_SCHEDULES}. Received: {self.lr_schedule!r}"
+            )
+        _number("learning_rate", self.learning_rate, 0.0, low_open=True)
+        _number("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _number("lr_decay_factor", self.lr_decay_factor, 0.0, 1.0, low_open=True)
+        _number("lr_warmup_epochs", self.lr_warmup_epochs, 0.0, self.epochs, high_open=True)
+        _number("weight_decay", self.weight_decay, 0.0)
+        _number("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        decay = tuple(float(_number("lr_decay_epochs", e, 0.0)) for e in self.lr_decay_epochs)
+        if list(decay) != sorted(set(decay)):
+            raise ValueError(
+                f"`lr_decay_epochs` must be strictly increasing. Received: {self.lr_decay_epochs}"
+            )
+        if decay and decay[-1] >= self.epochs:
+            raise ValueError(
+                f"`lr_decay_epochs` must lie within training (< epochs={self.epochs}). "
+                f"Received: {self.lr_decay_epochs}"
+            )
+        if self.lr_schedule == "step" and not decay:
+            raise ValueError("lr_schedule='step' needs `lr_decay_epochs`, e.g. (80, 120).")
+        object.__setattr__(self, "lr_decay_epochs", decay)
+
+
+@keras.saving.register_keras_serializable(package="kprune")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate by step: optional linear warm-up, then constant, step or cosine decay.
+
+    Args:
+        base_lr: the learning rate after warm-up, > 0.
+        total_steps: length of training in steps (the cosine reaches 0 at the last step).
+        kind: "constant", "step" or "cosine".
+        boundaries: steps from which the rate is multiplied by `factor` once more ("step").
+        factor: multiplier per boundary.
+        warmup_steps: the rate rises linearly from `base_lr / warmup_steps` to `base_lr` over
+            the first `warmup_steps` steps.
+
+    Example:
+
+    >>> lr = WarmupDecay(0.1, 100, kind="step", boundaries=(50, 75))
+    >>> [round(float(lr(s)), 4) for s in (0, 49, 50, 75)]
+    [0.1, 0.1, 0.01, 0.001]
+    """
+
+    def __init__(
+        self, base_lr, total_steps, kind="constant", boundaries=(), factor=0.1, warmup_steps=0
+    ):
+        if kind not in LR_SCHEDULES:
+            raise ValueError(f"`kind` must be one of {LR_SCHEDULES}. Received: kind={kind!r}")
+        self.base_lr = float(_number("base_lr", base_lr, 0.0, low_open=True))
+        self.total_steps = int(_number("total_steps", total_steps, 1))
+        self.kind = kind
+        self.boundaries = tuple(int(b) for b in boundaries)
+        self.factor = float(factor)
+        self.warmup_steps = int(_number("warmup_steps", warmup_steps, 0))
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        lr = ops.convert_to_tensor(self.base_lr, "float32")
+        if self.kind == "step":
+            for boundary in self.boundaries:
+                lr = ops.where(step >= boundary, lr * self.factor, lr)
+        elif self.kind == "cosine":
+            span = max(self.total_steps - 1 - self.warmup_steps, 1)
+            progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            lr = lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        if self.warmup_steps:
+            ramp = ops.minimum((step + 1.0) / self.warmup_steps, 1.0)
+            lr = lr * ramp
+        return lr
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "total_steps": self.total_steps,
+            "kind": self.kind,
+            "boundaries": list(self.boundaries),
+            "factor": self.factor,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kprune")
+class SparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy from logits for integer labels, with optional label smoothing.
+
+    `keras.losses.SparseCategoricalCrossentropy` has no label smoothing; this loss one-hot
+    encodes the labels and smooths them as `(1 - ls) * one_hot + ls / num_classes`.
+
+    Args:
+        label_smoothing: in [0, 1).
+        name: loss name.
+
+    Example:
+
+    >>> loss = SparseCrossentropy(label_smoothing=0.1)
+    >>> round(float(loss(np.array([0]), np.array([[0.0, 0.0]]))), 4)
+    0.6931
+    """
+
+    def __init__(self, label_smoothing=0.0, name="sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(
+            _number("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
+        )
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def make_loss(config):
+    """The loss for `config`: sparse cross-entropy from logits (label smoothing if asked).
+
+    Example:
+
+    >>> type(make_loss(TrainConfig(label_smoothing=0.1))).__name__
+    'SparseCrossentropy'
+    """
+    return SparseCrossentropy(label_smoothing=config.label_smoothing)
+
+
+def make_optimizer(config, steps_per_epoch):
+    """The optimizer for `config`, with a `WarmupDecay` learning rate in steps.
+
+    Args:
+        config: a `TrainConfig`.
+        steps_per_epoch: training batches per epoch (converts epochs to steps).
+
+    Example:
+
+    >>> opt = make_optimizer(TrainConfig(optimizer="sgd", nesterov=True), steps_per_epoch=10)
+    >>> type(opt).__name__, opt.nesterov
+    ('SGD', True)
+    """
+    steps_per_epoch = int(_number("steps_per_epoch", steps_per_epoch, 1))
+    learning_rate = WarmupDecay(
+        config.learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        kind=config.lr_schedule,
+        boundaries=[round(e * steps_per_epoch) for e in config.lr_decay_epochs],
+        factor=config.lr_decay_factor,
+        warmup_steps=round(config.lr_warmup_epochs * steps_per_epoch),
+    )
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate, momentum=config.momentum, nesterov=config.nesterov
+        )
+    return keras.optimizers.Adam(learning_rate)
+
+
+def apply_weight_decay(model, weight_decay):
+    """Puts a coupled L2 penalty `weight_decay / 2 * ||w||^2` on every trainable variable.
+
+    The regularizer sits on the variables themselves, so it also reaches the kernels inside
+    `PruningWrapper`s (whose pruned entries are zero and add nothing). Call it on the model you
+    train (after `kprune.prune`, which creates new variables).
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> apply_weight_decay(model, 5e-4)
+    >>> len(model.losses)
+    2
+    """
+    _number("weight_decay", weight_decay, 0.0)
+    regularizer = keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+    for variable in model.trainable_variables:
+        variable.regularizer = regularizer
+
+
+class _FitTimer(keras.callbacks.Callback):
+    """Seconds from the first training batch to the end of the last epoch (not `fit` overhead)."""
+
+    def __init__(self):
+        super().__init__()
+        self.start = None
+        self.seconds = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.start is not None:
+            self.seconds = time.perf_counter() - self.start
+
+
+def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose=1):
+    """Compiles `model`, trains it on `data.train`, evaluates it on `data.test`.
+
+    Pruned models (with `PruningWrapper`s) get a `kprune.PruningCallback`. With `run_dir`,
+    TensorBoard logs go to `run_dir/logs` (loss, accuracy, learning rate; sparsity under
+    `logs/pruning`) and a resumable checkpoint (weights, optimizer state including the step, and
+    epoch) to `run_dir/checkpoints` after every epoch: running again with the same `run_dir`
+    continues where training stopped.
+
+    Args:
+        model: a built Keras model that outputs logits (pruned or not).
+        data: a `kprune.data.Dataset` (uses `train`, `test`, `steps_per_epoch`).
+        config: a `TrainConfig`.
+        run_dir: optional output directory.
+        callbacks: extra Keras callbacks.
+        verbose: Keras `fit` verbosity (1 progress bar, 2 one line per epoch, 0 silent).
+
+    Returns:
+        A dict with `test_accuracy`, `test_loss` (cross-entropy plus the weight-decay
+        penalty, as Keras reports it), `best_test_accuracy` (None without per-epoch
+        evaluation), `total_steps` (optimizer steps taken), `epochs_run`, `fit_time_s` and
+        `history` (per-epoch metrics of this call).
+
+    Example:
+
+    >>> results = fit_and_evaluate(model, data, TrainConfig(epochs=1))  # doctest: +SKIP
+    """
+    optimizer = make_optimizer(config, data.steps_per_epoch)
+    apply_weight_decay(model, config.weight_decay)
+    model.compile(
+        optimizer=optimizer,
+        loss=make_loss(config),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    timer = _FitTimer()
+    all_callbacks = []
+    if run_dir is not None:
+        run_dir = os.fspath(run_dir)
+        all_callbacks.append(
+            keras.callbacks.BackupAndRestore(
+                os.path.join(run_dir, "checkpoints"), delete_checkpoint=False
+            )
+        )
+        all_callbacks.append(
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False)
+        )
+    if pruning_wrappers(model):
+        log_dir = None if run_dir is None else os.path.join(run_dir, "logs")
+        all_callbacks.append(PruningCallback(log_dir=log_dir))
+    all_callbacks += [timer, *callbacks]
+    history = model.fit(
+        data.train,
+        epochs=config.epochs,
+        validation_data=data.test if config.eval_every_epoch else None,
+        callbacks=all_callbacks,
+        verbose=verbose,
+        shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
+    )
+    evaluation = model.evaluate(data.test, return_dict=True, verbose=0)
+    per_epoch = {key: [float(v) for v in values] for key, values in (history.history or {}).items()}
+    val_accuracy = per_epoch.get("val_accuracy")
+    return {
+        "test_accuracy": float(evaluation["accuracy"]),
+        "test_loss": float(evaluation["loss"]),
+        "best_test_accuracy": float(np.max(val_accuracy)) if val_accuracy else None,
+        "total_steps": int(model.optimizer.iterations.numpy()),
+        "epochs_run": len(history.epoch),
+        "fit_time_s": round(timer.seconds, 3),
+        "history": per_epoch,
+    }

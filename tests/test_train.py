@@ -1,0 +1,333 @@
+"""python -m kprune.train: flagfiles, dry runs, bad input, a short real run, the quickstart."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from kprune import data, models, train  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.flags"))
+PROG = "kprune.train"
+
+
+def run_cli(*args):
+    return train.cli([PROG, *map(str, args)])
+
+
+def flagfile_values(path):
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("--"):
+            name, _, value = line[2:].partition("=")
+            values[name] = value
+    return values
+
+
+# -- configs ----------------------------------------------------------------------------------
+def test_every_experiment_has_a_flagfile():
+    names = {path.name for path in CONFIGS}
+    assert names == {
+        "digits.flags",
+        "lenet300.flags",
+        "lenet5.flags",
+        "vgg_like.flags",
+        "vgg19.flags",
+        "resnet18.flags",
+        "resnet50.flags",
+    }
+    for path in CONFIGS:
+        header = path.read_text().splitlines()[0]
+        assert header.startswith("# "), f"{path.name} needs a comment header saying what it is"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_dry_run_of_every_flagfile(path, tmp_path, capsys):
+    # An empty data_dir: a dry run that tried to load MNIST or CIFAR would fail.
+    args = [f"--flagfile={path}", "--dry_run", f"--data_dir={tmp_path}"]
+    args.append(f"--model_dir={tmp_path / 'run'}")
+    values = flagfile_values(path)
+    if values["method"] not in train.METHODS:
+        assert run_cli(*args) == 2
+        assert "is not available in this build" in capsys.readouterr().err
+        args.append("--method=linear")  # the rest of the file must still be valid
+    assert run_cli(*args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    info = data.dataset_info(values["dataset"])
+    expected = models.build_model(values["model"], info.input_shape, info.num_classes)
+    assert re.search(rf"^params: {expected.count_params()}\b", out, re.M), out
+    assert "no data loaded" in out and f"{info.train_size} train" in out
+    steps = -(-info.train_size // int(values["batch_size"])) * int(values["epochs"])
+    assert f"= {steps} steps" in out
+    assert "mask updates" in out and "prunable weights" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_published_recipes_follow_methods_md():
+    vgg19 = flagfile_values(ROOT / "configs" / "vgg19.flags")
+    assert (vgg19["epochs"], vgg19["batch_size"], vgg19["lr"], vgg19["momentum"]) == (
+        "160",
+        "128",
+        "0.1",
+        "0.9",
+    )
+    assert (vgg19["lr_decay_epochs"], vgg19["weight_decay"], vgg19["model"]) == (
+        "80,120",
+        "5e-4",
+        "vgg19",
+    )
+    fggp = flagfile_values(ROOT / "configs" / "resnet50.flags")
+    assert (fggp["method"], fggp["epochs"], fggp["batch_size"], fggp["label_smoothing"]) == (
+        "fggp",
+        "160",
+        "64",
+        "0.1",
+    )
+    assert "nesterov" in fggp and fggp["lr_decay_epochs"] == "80,120"
+    assert fggp["weight_decay"] == "5e-4" and fggp["exclude"] == "stem_conv"
+
+
+def test_command_line_overrides_the_flagfile(tmp_path, capsys):
+    path = ROOT / "configs" / "vgg19.flags"
+    assert run_cli(f"--flagfile={path}", "--target_sparsity=0.5", "--epochs=130", "--dry_run") == 0
+    out = capsys.readouterr().out
+    assert "final_sparsity=0.5" in out and "130 epochs x 391 steps" in out
+
+
+def test_no_flags_is_the_digits_flagfile(capsys):
+    assert run_cli("--dry_run") == 0
+    default = capsys.readouterr().out
+    assert run_cli(f"--flagfile={ROOT / 'configs' / 'digits.flags'}", "--dry_run") == 0
+    assert capsys.readouterr().out == default
+    assert "lenet300_100" in default and "digits" in default and "final_sparsity=0.9" in default
+
+
+# -- bad input: exit status 2, a clear message, nothing written --------------------------------
+def bad_npz(tmp_path, drop=None, shorten=None):
+    arrays = {
+        "x_train": np.zeros((20, 4, 4), np.uint8),
+        "y_train": np.arange(20) % 2,
+        "x_test": np.zeros((5, 4, 4), np.uint8),
+        "y_test": np.arange(5) % 2,
+    }
+    if drop:
+        arrays.pop(drop)
+    if shorten:
+        arrays[shorten] = arrays[shorten][:-1]
+    path = tmp_path / "arrays.npz"
+    np.savez(path, **arrays)
+    return f"--dataset=npz:{path}"
+
+
+BAD_INPUTS = [
+    (["--model=resnet19"], "Valid kprune models: lenet300_100"),
+    (["--dataset=imagenet"], "Valid datasets: digits, mnist"),
+    (["--method=magic"], "dense|linear|polynomial|cyclical"),
+    (["--target_sparsity=1.0"], "--target_sparsity must be in [0, 1)"),
+    (["--target_sparsity=-0.1"], "target_sparsity"),
+    (["--prune_end_step=100000"], "beyond training"),
+    (["--prune_begin=0.8", "--prune_end=0.5"], "must begin before it ends"),
+    (["--flagfile=/nonexistent/x.flags"], "x.flags"),
+    (["--method=snip"], "--method=snip is not available in this build"),
+    (["--method=lth"], "kprune.lottery"),
+    (["--exclude=fc9"], "--exclude names layers that are not in model"),
+    (["--lr_schedule=step", "--lr_decay_epochs=30,90"], "lr_decay_epochs"),
+    (["--lr_decay_epochs=ten"], "comma-separated list of numbers"),
+    (["--dataset=cifar10", "--model=resnet20", "--epochs=1"], "--data_dir"),
+    (["--dataset=npz:/nonexistent/a.npz"], "file not found"),
+    (["stray_argument"], "unexpected arguments"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=lambda v: str(v)[:40])
+def test_bad_input_exits_2_without_writing(args, message, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    extra = [f"--data_dir={tmp_path / 'tfds'}"] if "--dataset=cifar10" in args else []
+    assert run_cli(*args, *extra, f"--model_dir={run_dir}", "--progress=none") == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("problem", [{"drop": "y_test"}, {"shorten": "y_train"}])
+def test_bad_npz_exits_2_without_writing(problem, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run_cli(bad_npz(tmp_path, **problem), f"--model_dir={run_dir}") == 2
+    err = capsys.readouterr().err
+    assert ("lacks the arrays ['y_test']" in err) or ("but y_train has 19" in err)
+    assert not run_dir.exists()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("kprune.export") is not None,
+    reason="kprune.export exists: the --export hook is live",
+)
+def test_export_without_export_module_exits_2(tmp_path, capsys):
+    assert run_cli("--export=tflite", f"--model_dir={tmp_path / 'run'}") == 2
+    assert "exporting is not available in this build" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("kprune.export") is None, reason="kprune.export is not in this build"
+)
+@pytest.mark.parametrize("args", [["--export=pdf"], ["--export=tflite", "--export_quantize=int3"]])
+def test_export_hook_checks_formats_before_training(args, tmp_path, capsys):
+    assert run_cli(*args, f"--model_dir={tmp_path / 'run'}") == 2
+    assert "--export" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_foreign_directory_is_never_used(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert run_cli(f"--model_dir={tmp_path}", "--overwrite") == 2
+    assert "not a kprune run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_unfinished_run_with_other_flags_is_not_resumed(tmp_path, capsys):
+    (tmp_path / "run.flags").write_text("--model=lenet300_100\n--epochs=7\n")
+    assert run_cli(f"--model_dir={tmp_path}") == 2
+    assert "different flags" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.flags"]
+
+
+def test_bad_flags_exit_2_from_the_real_command_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kprune.train", "--flagfile=missing.flags", "--dry_run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "missing.flags" in result.stderr
+    assert not (tmp_path / "saved_models").exists()
+
+
+# -- real runs ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("short") / "run"
+    code = run_cli(f"--model_dir={run_dir}", "--epochs=4", "--progress=none", "--seed=3")
+    assert code == 0
+    return run_dir
+
+
+def test_short_run_writes_results_with_exact_sparsity(short_run):
+    results = json.loads((short_run / "results.json").read_text())
+    for key in (
+        "method",
+        "model",
+        "dataset",
+        "target_sparsity",
+        "global_sparsity",
+        "test_accuracy",
+        "dense_params",
+        "nonzero_params",
+        "layers",
+        "total_steps",
+        "wall_time_s",
+        "versions",
+        "flags",
+    ):
+        assert key in results, key
+    assert (results["method"], results["model"], results["dataset"]) == (
+        "linear",
+        "lenet300_100",
+        "digits",
+    )
+    assert results["total_steps"] == 4 * 45
+    prunable = 64 * 300 + 300 * 100 + 100 * 10
+    kept = prunable - round(0.9 * prunable)
+    assert results["prunable_params"] == prunable
+    assert results["nonzero_prunable_params"] == kept
+    assert results["global_sparsity"] == 1 - kept / prunable
+    assert results["dense_params"] == prunable + 300 + 100 + 10
+    assert results["nonzero_params"] <= kept + 410
+    assert [row["weight"] for row in results["layers"]] == [
+        "fc1/kernel",
+        "fc2/kernel",
+        "logits/kernel",
+    ]
+    assert all(row["wrapped"] for row in results["layers"])
+    assert sum(row["nonzero"] for row in results["layers"]) == kept
+    assert results["flags"]["seed"] == 3 and results["versions"]["keras"] == keras.__version__
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+    assert not list(short_run.glob(".*.tmp")) and not (short_run / "tmp-model.keras").exists()
+
+
+def test_short_run_saves_the_stripped_model_and_logs(short_run):
+    results = json.loads((short_run / "results.json").read_text())
+    model = keras.saving.load_model(short_run / "model.keras")
+    assert {type(layer).__name__ for layer in model.layers} == {"InputLayer", "Flatten", "Dense"}
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    assert sum(int(np.count_nonzero(k)) for k in kernels) == results["nonzero_prunable_params"]
+    test = data.load_dataset("digits", batch_size=64).test
+    x, y = zip(*[(xb.numpy(), yb.numpy()) for xb, yb in test])
+    accuracy = np.mean(
+        np.argmax(model.predict(np.concatenate(x), verbose=0), -1) == np.concatenate(y)
+    )
+    assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
+    for sub in ("logs/train", "logs/validation", "logs/pruning", "checkpoints"):
+        assert any((short_run / sub).iterdir()), sub
+
+
+def test_run_flags_reproduce_the_run_and_finished_runs_are_kept(short_run, capsys):
+    flagfile = short_run / "run.flags"
+    assert "--epochs=4" in flagfile.read_text() and "--seed=3" in flagfile.read_text()
+    assert run_cli(f"--flagfile={flagfile}", "--dry_run") == 0
+    assert "4 epochs x 45 steps" in capsys.readouterr().out
+    before = (short_run / "results.json").read_bytes()
+    assert run_cli(f"--flagfile={flagfile}", f"--model_dir={short_run}") == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert (short_run / "results.json").read_bytes() == before
+
+
+def test_layer_scope_polynomial_run_with_exclude(tmp_path):
+    run_dir = tmp_path / "poly"
+    args = ["--method=polynomial", "--scope=layer", "--exclude=logits", "--target_sparsity=0.8"]
+    assert run_cli(*args, "--epochs=3", "--progress=none", f"--model_dir={run_dir}") == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = {row["weight"]: row for row in results["layers"]}
+    for name in ("fc1/kernel", "fc2/kernel"):
+        total = rows[name]["total"]
+        assert rows[name]["wrapped"] and rows[name]["nonzero"] == total - round(0.8 * total)
+    assert not rows["logits/kernel"]["wrapped"] and rows["logits/kernel"]["nonzero"] == 1000
+    assert results["schedule"]["class"] == "PolynomialDecay" and results["scope"] == "layer"
+    assert results["exclude"] == ["logits"]
+
+
+@pytest.mark.slow
+def test_quickstart_default_job_reaches_90_percent(tmp_path):
+    """The README's default job, exactly as written: no flags, outputs under saved_models/."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kprune.train", "--progress=epoch"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "saved_models" / "lenet300_100-digits-linear-90"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["global_sparsity"] == pytest.approx(0.9, abs=1e-12)
+    assert results["test_accuracy"] >= 0.90
+    assert str(run_dir.relative_to(tmp_path)) in result.stdout
+    print(f"quickstart: accuracy {results['test_accuracy']:.4f}, {results['wall_time_s']:.1f} s")
