@@ -107,7 +107,7 @@ def plan(quick, sparsity):
 
 
 class Framework:
-    """What differs between the two sides: how to prune, strip and find the masks."""
+    """What differs between the two sides: imports, schedules, pruning, stepping, stripping."""
 
     def __init__(self, name):
         self.name = name
@@ -241,7 +241,7 @@ def kernel_zeros(model):
     return out
 
 
-def tflite_bytes(fw, model):
+def tflite_bytes(model):
     import tensorflow as tf
 
     sizes = {}
@@ -309,7 +309,7 @@ def worker(args):
                 "kernels": kernel_zeros(stripped),
             }
             if seed == seeds[0]:
-                run["tflite_bytes"] = tflite_bytes(fw, stripped)
+                run["tflite_bytes"] = tflite_bytes(stripped)
                 trained[kind] = pruned
             result["runs"].setdefault(kind, []).append(run)
 
@@ -373,6 +373,12 @@ def prepare_data(path, models, seeds, settings):
             for i, w in enumerate(weights):
                 arrays[f"init_{name}_{seed}_{i}"] = w
     np.savez(path, **arrays)
+
+
+def has_module(python, name):
+    """Whether interpreter `python` can find module `name` (without importing it)."""
+    probe = "import importlib.util as u, sys; sys.exit(not u.find_spec(sys.argv[1]))"
+    return subprocess.run([python, "-c", probe, name]).returncode == 0
 
 
 def run_worker(python, framework, model, data, settings, out):
@@ -486,6 +492,11 @@ def main(argv=None):
     n_seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     if n_seeds < 1:
         parser.error(f"--seeds must be >= 1; received {n_seeds}")
+    if not has_module(args.tfmot_python, "tensorflow_model_optimization"):
+        parser.error(
+            f"{args.tfmot_python} cannot import tensorflow_model_optimization: install the "
+            'extra (pip install "kprune[tfmot]") or pass --tfmot-python'
+        )
     settings = {**plan(args.quick, args.sparsity), "seeds": list(range(n_seeds))}
     print("settings:", json.dumps(settings), flush=True)
     results = {}
