@@ -1,8 +1,11 @@
 """tfmot interoperability: tfmot schedules in kprune, kprune schedules in tfmot.
 
 Everything that imports TensorFlow Model Optimization runs in a subprocess: importing it sets
-TF_USE_LEGACY_KERAS and switches `tf.keras` to tf_keras for the whole process. Those tests skip
-when the `tfmot` extra (tensorflow-model-optimization, tf-keras) is not installed.
+TF_USE_LEGACY_KERAS and switches `tf.keras` to tf_keras for the whole process. The subprocess
+runs `$KPRUNE_TFMOT_PYTHON` when set (a Python with `kprune[tfmot]` installed: tfmot pins old
+packages, e.g. absl-py 1.x, so .ci/run keeps it in a venv of its own), else this interpreter.
+Those tests skip when that interpreter lacks the `tfmot` extra (tensorflow-model-optimization,
+tf-keras).
 """
 
 import importlib.util
@@ -18,12 +21,28 @@ import pytest
 from kprune import LinearSparsity, tfmot_interop
 
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_TFMOT = all(
-    importlib.util.find_spec(name) is not None
-    for name in ("tensorflow_model_optimization", "tf_keras")
-)
+TFMOT_PYTHON = os.environ.get("KPRUNE_TFMOT_PYTHON") or sys.executable
+_EXTRA = ("tensorflow_model_optimization", "tf_keras")
+HAVE_TFMOT_HERE = all(importlib.util.find_spec(name) is not None for name in _EXTRA)
+
+
+def _interpreter_has_tfmot():
+    if TFMOT_PYTHON == sys.executable:
+        return HAVE_TFMOT_HERE
+    code = f"import importlib.util as u; print(all(u.find_spec(n) for n in {_EXTRA!r}))"
+    try:
+        out = subprocess.run(
+            [TFMOT_PYTHON, "-c", code], capture_output=True, text=True, timeout=120
+        )
+    except OSError:
+        return False
+    return out.stdout.strip() == "True"
+
+
+HAVE_TFMOT = _interpreter_has_tfmot()
 needs_tfmot = pytest.mark.skipif(
-    not HAVE_TFMOT, reason='needs the tfmot extra: pip install -e ".[tfmot]"'
+    not HAVE_TFMOT,
+    reason='needs the tfmot extra: pip install -e ".[tfmot]" (or set KPRUNE_TFMOT_PYTHON)',
 )
 
 
@@ -33,7 +52,7 @@ def run_python(args, *, legacy_keras=False, timeout=600):
     if legacy_keras:
         env["TF_USE_LEGACY_KERAS"] = "1"
     out = subprocess.run(
-        [sys.executable, *args],
+        [TFMOT_PYTHON, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -77,7 +96,7 @@ def test_arguments_are_checked_before_tfmot_is_needed():
         )
 
 
-@pytest.mark.skipif(HAVE_TFMOT, reason="checks the message shown when the extra is missing")
+@pytest.mark.skipif(HAVE_TFMOT_HERE, reason="checks the message shown when the extra is missing")
 def test_to_tfmot_without_the_extra_says_what_to_install():
     with pytest.raises(ImportError, match=r"kprune\[tfmot\]"):
         tfmot_interop.to_tfmot(LinearSparsity(0.0, 0.5, 0, 10))
@@ -191,7 +210,7 @@ def test_readme_block_runs_as_written(name, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run(
-        [sys.executable, str(script)],
+        [TFMOT_PYTHON, str(script)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
