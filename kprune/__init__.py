@@ -20,6 +20,7 @@ from kprune.api import (
     strip,
 )
 from kprune.callbacks import PruningCallback
+from kprune.criteria import FGGP, Magnitude, fggp_schedule
 from kprune.lottery import run_lottery
 from kprune.schedules import (
     ConstantSparsity,
@@ -35,13 +36,16 @@ __version__ = "0.1.0"
 __all__ = [
     "ConstantSparsity",
     "CyclicalSparsity",
+    "FGGP",
     "LinearSparsity",
+    "Magnitude",
     "PolynomialDecay",
     "PruningCallback",
     "PruningSchedule",
     "PruningWrapper",
     "apply_masks",
     "bind_optimizer",
+    "fggp_schedule",
     "format_sparsity_report",
     "get_masks",
     "prune",
