@@ -19,6 +19,7 @@ from kprune.api import (
     sparsity_report,
     strip,
 )
+from kprune.at_init import masks_at_init, prune_at_init
 from kprune.callbacks import PruningCallback
 from kprune.criteria import FGGP, Magnitude, fggp_schedule
 from kprune.lottery import run_lottery
@@ -48,7 +49,9 @@ __all__ = [
     "fggp_schedule",
     "format_sparsity_report",
     "get_masks",
+    "masks_at_init",
     "prune",
+    "prune_at_init",
     "pruning_wrappers",
     "run_lottery",
     "set_masks",

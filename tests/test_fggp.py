@@ -222,6 +222,25 @@ def test_each_update_follows_the_rule_with_last_step_gradient():
         assert np.all(w.layer.kernel.numpy()[w.masks[0].numpy() == 0] == 0)
 
 
+def test_from_a_50_percent_erk_start():
+    model = mlp(2)
+    start = kprune.masks_at_init(model, method="random", sparsity=0.5, scope="erk", seed=5)
+    steps = 16
+    schedule = kprune.fggp_schedule(steps, 0.9, initial_sparsity=0.5, frequency=4)
+    pruned = kprune.prune(model, schedule, scope="global", criterion="fggp")
+    kprune.set_masks(pruned, start)
+    pruned.compile(keras.optimizers.SGD(0.1), CE)
+    pruned.fit(X, Y, batch_size=8, epochs=4, verbose=0, callbacks=[kprune.PruningCallback()])
+    final = kprune.get_masks(pruned)
+    total = sum(m.size for m in final.values())
+    assert sum(int(m.size - m.sum()) for m in final.values()) == round(np.float32(0.9) * total)
+    for path in start:
+        assert np.all(final[path][start[path] == 0] == 0)
+    report = kprune.sparsity_report(pruned)
+    # Gradient records are bookkeeping, not parameters.
+    assert report["all_params"]["total"] == model.count_params()
+
+
 # -- plumbing ---------------------------------------------------------------------------------
 def test_criterion_serialization_round_trip(tmp_path):
     for criterion in (Magnitude(), FGGP(candidate_rate=0.25, gradient="accumulated")):
