@@ -131,7 +131,13 @@ class FGGP(Criterion):
 
     Use it with a cubic density schedule as published:
     `kprune.PolynomialDecay(s_i, s_f, 0, int(0.8 * total_steps), power=3, frequency=2000)`
-    (see `fggp_schedule`).
+    (see `fggp_schedule`), global scope, and the first convolution left dense
+    (`kprune.prune(..., exclude=[first_conv_name])`). Differences from the authors' code:
+    the count is `round(s * N)` like every kprune selection (the code floors; at most one
+    weight apart), and the schedule also updates at its last step, so `s_f` is met exactly.
+    With a loss-scaling optimizer (mixed precision) the recorded gradients carry the loss
+    scale: harmless for `"batch"` (one scale per update), but `"accumulated"` sums steps with
+    different scales.
 
     Args:
         candidate_rate: fraction of the active weights that become candidates, in (0, 1]
