@@ -300,11 +300,13 @@ def test_grouping_and_errors():
 
 def test_fggp_under_mirrored_strategy_matches_single_device():
     # Records are all-reduced in the backward pass, so every replica holds the global-batch
-    # gradient, the one a single-device run records; masks then agree as well.
+    # gradient, the one a single-device run records; masks then agree as well. "accumulated"
+    # also checks that the cross-replica reset after each update reaches every replica.
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
+    script = root / "tests" / "scripts" / "mirrored_fggp.py"
     result = subprocess.run(
-        [sys.executable, str(root / "tests" / "scripts" / "mirrored_fggp.py")],
+        [sys.executable, str(script), "batch", "accumulated"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -312,10 +314,12 @@ def test_fggp_under_mirrored_strategy_matches_single_device():
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["replicas"] == 2
-    assert out["identical_across_replicas"], out
-    assert out["record_scale"] > 0
-    assert out["record_error"] <= 1e-5 * out["record_scale"], out
-    assert out["masks_equal_single_device"], out
-    assert out["zeros"] == round(0.8 * (12 * 16 + 16 * 3))
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    for mode in ("batch", "accumulated"):
+        out = results[mode]
+        assert out["replicas"] == 2
+        assert out["identical_across_replicas"], (mode, out)
+        assert out["record_scale"] > 0
+        assert out["record_error"] <= 1e-5 * out["record_scale"], (mode, out)
+        assert out["masks_equal_single_device"], (mode, out)
+        assert out["zeros"] == round(0.8 * (12 * 16 + 16 * 3))

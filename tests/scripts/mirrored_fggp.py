@@ -1,13 +1,15 @@
 """FGGP under MirroredStrategy on 2 logical CPU devices, against a single-device run.
 
 Run as a subprocess by tests/test_fggp.py (logical devices must be configured before
-TensorFlow initializes). Prints one JSON line: whether the gradient records and masks are
-identical across replicas, how far the records are from the single-device run's, whether the
-masks equal the single-device masks, and the zero count.
+TensorFlow initializes) with the gradient modes to test as arguments ("batch", "accumulated").
+Prints one JSON line, per mode: whether the gradient records and masks are identical across
+replicas, how far the records are from the single-device run's, whether the masks equal the
+single-device masks, and the zero count.
 """
 
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -22,7 +24,7 @@ import numpy as np  # noqa: E402
 import kprune  # noqa: E402
 
 
-def train(strategy):
+def train(strategy, gradient):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(128, 12)).astype("float32")
@@ -36,7 +38,9 @@ def train(strategy):
             ]
         )
         schedule = kprune.PolynomialDecay(0.0, 0.8, begin_step=1, end_step=13, frequency=4)
-        model = kprune.prune(base, schedule, scope="global", criterion="fggp")
+        model = kprune.prune(
+            base, schedule, scope="global", criterion=kprune.FGGP(gradient=gradient)
+        )
         model.compile(
             keras.optimizers.SGD(0.05, momentum=0.9),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -59,31 +63,28 @@ def train(strategy):
     return model, parts
 
 
-def main():
+def compare(gradient):
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    model, parts = train(mirrored)
-    single, single_parts = train(tf.distribute.get_strategy())
+    model, parts = train(mirrored, gradient)
+    single, single_parts = train(tf.distribute.get_strategy(), gradient)
     masks, single_masks = kprune.get_masks(model), kprune.get_masks(single)
     records = {k: v for k, v in parts.items() if k.endswith("_grad")}
-    scale = max(float(np.abs(single_parts[k][0]).max()) for k in records)
-    print(
-        json.dumps(
-            {
-                "replicas": len(next(iter(parts.values()))),
-                "identical_across_replicas": all(
-                    all(np.array_equal(p[0], q) for q in p) for p in parts.values()
-                ),
-                "record_error": max(
-                    float(np.abs(records[k][0] - single_parts[k][0]).max()) for k in records
-                ),
-                "record_scale": scale,
-                "masks_equal_single_device": all(
-                    np.array_equal(masks[k], single_masks[k]) for k in masks
-                ),
-                "zeros": sum(int((m == 0).sum()) for m in masks.values()),
-            }
-        )
-    )
+    return {
+        "replicas": len(next(iter(parts.values()))),
+        "identical_across_replicas": all(
+            all(np.array_equal(p[0], q) for q in p) for p in parts.values()
+        ),
+        "record_error": max(
+            float(np.abs(records[k][0] - single_parts[k][0]).max()) for k in records
+        ),
+        "record_scale": max(float(np.abs(single_parts[k][0]).max()) for k in records),
+        "masks_equal_single_device": all(np.array_equal(masks[k], single_masks[k]) for k in masks),
+        "zeros": sum(int((m == 0).sum()) for m in masks.values()),
+    }
+
+
+def main():
+    print(json.dumps({mode: compare(mode) for mode in sys.argv[1:] or ["batch"]}))
 
 
 if __name__ == "__main__":
