@@ -19,7 +19,9 @@ from kprune.api import (
     sparsity_report,
     strip,
 )
+from kprune.at_init import masks_at_init, prune_at_init
 from kprune.callbacks import PruningCallback
+from kprune.criteria import FGGP, Magnitude, fggp_schedule
 from kprune.lottery import run_lottery
 from kprune.schedules import (
     ConstantSparsity,
@@ -35,16 +37,21 @@ __version__ = "0.1.0"
 __all__ = [
     "ConstantSparsity",
     "CyclicalSparsity",
+    "FGGP",
     "LinearSparsity",
+    "Magnitude",
     "PolynomialDecay",
     "PruningCallback",
     "PruningSchedule",
     "PruningWrapper",
     "apply_masks",
     "bind_optimizer",
+    "fggp_schedule",
     "format_sparsity_report",
     "get_masks",
+    "masks_at_init",
     "prune",
+    "prune_at_init",
     "pruning_wrappers",
     "run_lottery",
     "set_masks",

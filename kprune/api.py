@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional
 
+from kprune.criteria import get_criterion
 from kprune.masking import SCOPES
 from kprune.schedules import PruningSchedule
 from kprune.targets import check_supported, is_prunable, prunable_weights
@@ -135,7 +136,55 @@ def _clone(model, make_layer):
 
 
 # -- prune ----------------------------------------------------------------------------------
-def prune(model, schedule, *, scope="layer", exclude=None):
+def _layers_to_wrap(model, exclude, what):
+    """The layers `prune()` wraps, as `(layer, names of its containers)` in layer order.
+
+    Checks the model (Keras 3, Sequential/functional, built, not pruned yet) and `exclude`.
+    """
+    _check_model(model, what)
+    if not _is_graph_model(model):
+        raise _subclassed_error(model, what)
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built. Start it with keras.Input(shape) or call it on "
+            "a batch before pruning, so that its weights exist."
+        )
+    walked = list(_walk(model))
+    layers = [layer for layer, _ in walked]
+    if any(isinstance(layer, PruningWrapper) for layer in layers):
+        raise ValueError(
+            f"Model '{model.name}' already contains PruningWrapper layers. Prune the original "
+            "model, or call kprune.strip() first to start again from the current weights."
+        )
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    exclude = set(exclude or ())
+    names = {layer.name for layer in layers}
+    unknown = sorted(exclude - names)
+    if unknown:
+        candidates = sorted(layer.name for layer in layers if is_prunable(layer))
+        raise ValueError(
+            f"`exclude` names layers that are not in model '{model.name}': {unknown}. "
+            f"Prunable layers are: {candidates}"
+        )
+    to_wrap = [
+        (layer, prefix)
+        for layer, prefix in walked
+        if is_prunable(layer) and not isinstance(layer, keras.Model) and layer.name not in exclude
+    ]
+    if not to_wrap:
+        raise ValueError(
+            f"Model '{model.name}' has no prunable layer"
+            + (f" outside `exclude`={sorted(exclude)}" if exclude else "")
+            + ". kprune prunes Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv* and "
+            "Embedding kernels, and layers that define get_prunable_weights()."
+        )
+    for layer, _ in to_wrap:
+        check_supported(layer)
+    return to_wrap
+
+
+def prune(model, schedule, *, scope="layer", exclude=None, criterion="magnitude"):
     """Returns a copy of `model` whose prunable layers are wrapped in `PruningWrapper`.
 
     The copy has the same architecture and weights (nested models are cloned too); it is not
@@ -150,6 +199,9 @@ def prune(model, schedule, *, scope="layer", exclude=None):
         scope: `"layer"` (each weight tensor reaches the target sparsity) or `"global"` (one
             magnitude threshold over all pruned tensors).
         exclude: names of layers to leave dense (a string or an iterable of strings).
+        criterion: which weights the schedule's updates remove: `"magnitude"` (smallest |w|,
+            the default), `"fggp"` (gradient-first, magnitude-next), or a
+            `kprune.criteria.Criterion` such as `kprune.FGGP(candidate_rate=0.5)`.
 
     Returns:
         A new `keras.Model`.
@@ -157,8 +209,8 @@ def prune(model, schedule, *, scope="layer", exclude=None):
     Raises:
         TypeError: `model` is not a Keras 3 model, is subclassed, or `schedule` is not a
             schedule.
-        ValueError: bad `scope`, unknown names in `exclude`, no prunable layer, a layer with
-            LoRA or quantization, or a model that is already pruned.
+        ValueError: bad `scope` or `criterion`, unknown names in `exclude`, no prunable layer,
+            a layer with LoRA or quantization, or a model that is already pruned.
 
     Example:
 
@@ -177,50 +229,13 @@ def prune(model, schedule, *, scope="layer", exclude=None):
         )
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
-    if not _is_graph_model(model):
-        raise _subclassed_error(model, "prune")
-    if not model.built:
-        raise ValueError(
-            f"Model '{model.name}' is not built. Start it with keras.Input(shape) or call it on "
-            "a batch before pruning, so that its weights exist."
-        )
-    layers = _all_layers(model)
-    if any(isinstance(layer, PruningWrapper) for layer in layers):
-        raise ValueError(
-            f"Model '{model.name}' already contains PruningWrapper layers. Prune the original "
-            "model, or call kprune.strip() first to start again from the current weights."
-        )
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    exclude = set(exclude or ())
-    names = {layer.name for layer in layers}
-    unknown = sorted(exclude - names)
-    if unknown:
-        candidates = sorted(layer.name for layer in layers if is_prunable(layer))
-        raise ValueError(
-            f"`exclude` names layers that are not in model '{model.name}': {unknown}. "
-            f"Prunable layers are: {candidates}"
-        )
-    to_wrap = [
-        layer
-        for layer in layers
-        if is_prunable(layer) and not isinstance(layer, keras.Model) and layer.name not in exclude
-    ]
-    if not to_wrap:
-        raise ValueError(
-            f"Model '{model.name}' has no prunable layer"
-            + (f" outside `exclude`={sorted(exclude)}" if exclude else "")
-            + ". kprune prunes Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv* and "
-            "Embedding kernels, and layers that define get_prunable_weights()."
-        )
-    for layer in to_wrap:
-        check_supported(layer)
-    wrap_ids = {id(layer) for layer in to_wrap}
+    criterion = get_criterion(criterion)
+    wrap_ids = {id(layer) for layer, _ in _layers_to_wrap(model, exclude, "prune")}
 
     def make_layer(layer):
         new_layer = _fresh_copy(layer)
         if id(layer) in wrap_ids:
-            wrapper = PruningWrapper(new_layer, schedule=schedule, scope=scope)
+            wrapper = PruningWrapper(new_layer, schedule=schedule, scope=scope, criterion=criterion)
             return wrapper, lambda: new_layer.set_weights(layer.get_weights())
         return new_layer, lambda: new_layer.set_weights(layer.get_weights())
 
@@ -293,9 +308,9 @@ def bind_optimizer(model, optimizer):
     """Connects the pruning wrappers of `model` to `optimizer` so their schedules can advance.
 
     The step of every schedule is read from `optimizer.iterations` inside the train step.
-    Wrappers sharing a schedule and scope form one `PruningGroup`, updated together; all
-    `scope="global"` wrappers must share one schedule. `PruningCallback` calls this at the
-    start of `fit`; call it yourself once before a custom training loop.
+    Wrappers sharing a schedule, scope and criterion form one `PruningGroup`, updated together;
+    all `scope="global"` wrappers must share one schedule and one criterion. `PruningCallback`
+    calls this at the start of `fit`; call it yourself once before a custom training loop.
 
     Args:
         model: a model containing `PruningWrapper`s (any kind of model, subclassed included).
@@ -340,10 +355,18 @@ def bind_optimizer(model, optimizer):
             f"schedule (one threshold needs one target); found {len(global_schedules)}: "
             f"{sorted(map(repr, global_schedules))}"
         )
+    global_criteria = {w.criterion for w in scheduled if w.scope == "global"}
+    if len(global_criteria) > 1:
+        raise ValueError(
+            "All PruningWrapper layers with scope='global' in one model must share one "
+            f"criterion (one selection over all of them); found {len(global_criteria)}: "
+            f"{sorted(map(repr, global_criteria))}"
+        )
     groups, by_key = [], {}
     for wrapper in scheduled:
-        by_key.setdefault((wrapper.scope, wrapper.schedule), []).append(wrapper)
-    for (scope, schedule), members in by_key.items():
+        key = (wrapper.scope, wrapper.schedule, wrapper.criterion)
+        by_key.setdefault(key, []).append(wrapper)
+    for (scope, schedule, _), members in by_key.items():
         slots = [
             [_optimizer_slots(optimizer, w) for w in member.pruned_weights] for member in members
         ]
@@ -514,7 +537,12 @@ def sparsity_report(model):
                     "wrapped": wrapped,
                 }
             )
-    mask_ids = {id(m) for wrapper in pruning_wrappers(model) for m in wrapper.masks}
+    # Masks and gradient records are bookkeeping of the wrappers, not model parameters.
+    mask_ids = {
+        id(v)
+        for wrapper in pruning_wrappers(model)
+        for v in (*wrapper.masks, *wrapper.gradient_records)
+    }
     all_rows = []
     for w in model.weights:
         if id(w) in mask_ids:

@@ -13,6 +13,10 @@ How a wrapped layer behaves:
   to update. If so it recomputes the masks of all its wrappers in one `tf.cond` branch: scores,
   selection (per variable or one global threshold), then masks, weights and optimizer slots are
   multiplied by the new mask. No Python runs per step.
+* Which weights an update removes is the wrapper's `criterion` (`kprune.criteria`): the
+  smallest |w| by default. Criteria that rank by gradient (`"fggp"`) make the wrapper record
+  |dL/dw| of its pruned weights during training, in non-trainable variables updated by the
+  backward pass of the compiled train step (a `tf.custom_gradient` on the masked weight).
 
 Example:
 
@@ -29,8 +33,8 @@ import tensorflow as tf
 from keras import ops
 from keras.src.backend.common.variables import AutocastScope
 
-from kprune import scores as scores_lib
-from kprune.masking import SCOPES, compute_masks
+from kprune.criteria import get_criterion
+from kprune.masking import SCOPES
 from kprune.schedules import PruningSchedule
 from kprune.targets import check_supported, is_prunable, prunable_weights
 
@@ -86,6 +90,8 @@ class PruningWrapper(keras.layers.Wrapper):
             updates (masks set by pruning at initialization or lottery-ticket rounds).
         scope: `"layer"` (each variable pruned to the target on its own) or `"global"` (one
             magnitude threshold over all global-scope wrappers of the model).
+        criterion: which weights a mask update removes: `"magnitude"` (default), `"fggp"`, or
+            a `kprune.criteria.Criterion` such as `kprune.FGGP(candidate_rate=0.5)`.
         **kwargs: passed to `keras.layers.Wrapper` (e.g. `name`).
 
     Example:
@@ -96,7 +102,7 @@ class PruningWrapper(keras.layers.Wrapper):
     ['kernel_mask']
     """
 
-    def __init__(self, layer, schedule=None, scope="layer", **kwargs):
+    def __init__(self, layer, schedule=None, scope="layer", criterion="magnitude", **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "PruningWrapper wraps a Keras 3 layer (keras.layers.Layer). "
@@ -122,12 +128,21 @@ class PruningWrapper(keras.layers.Wrapper):
             )
         if scope not in SCOPES:
             raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
+        criterion = get_criterion(criterion)
+        if schedule is not None and schedule.allows_regrowth and not criterion.supports_regrowth:
+            raise ValueError(
+                f"criterion={criterion!r} prunes monotonically and cannot be combined with "
+                f"a schedule that lets pruned weights regrow. Received: schedule={schedule!r}"
+            )
         kwargs.setdefault("name", layer.name)
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
         self.schedule = schedule
         self.scope = scope
+        self.criterion = criterion
         self.masks = []
+        # |dL/dw| of the pruned weights, recorded in training for gradient-based criteria.
+        self.gradient_records = []
         # Set by kprune.bind_optimizer(); a plain Python object, so Keras does not track it.
         self._group = None
         self.supports_masking = getattr(layer, "supports_masking", False)
@@ -160,6 +175,19 @@ class PruningWrapper(keras.layers.Wrapper):
             w.constraint = MaskConstraint(mask, previous)
             masks.append(mask)
         self.masks = masks
+        if self.criterion.needs_gradients:
+            self.gradient_records = [
+                self.add_weight(
+                    name=f"{w.name}_grad",
+                    shape=tuple(w.shape),
+                    initializer="zeros",
+                    dtype=w.dtype,
+                    trainable=False,
+                    # The recorded gradient is all-reduced first, so replicas hold one value.
+                    aggregation="only_first_replica",
+                )
+                for w in weights
+            ]
         self.built = True
 
     @property
@@ -188,11 +216,18 @@ class PruningWrapper(keras.layers.Wrapper):
         if self.layer._call_has_training_arg:
             kwargs["training"] = training
         pruned = {id(w): m for w, m in zip(self.pruned_weights, self.masks)}
+        records = {}
+        if training is True and self.schedule is not None and self.gradient_records:
+            records = {id(w): r for w, r in zip(self.pruned_weights, self.gradient_records)}
         mapping = []
         for v in self.layer.variables:
             value = exact_value(v)  # also resolves an enclosing StatelessScope, if any
             if id(v) in pruned:
                 value = value * ops.cast(pruned[id(v)], value.dtype)
+            if id(v) in records:
+                value = _record_gradient(
+                    value, records[id(v)], accumulate=self.criterion.accumulate_gradients
+                )
             mapping.append((v, value))
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             given = {id(v): scope.get_current_value(v) for v, _ in mapping}
@@ -219,6 +254,7 @@ class PruningWrapper(keras.layers.Wrapper):
             None if self.schedule is None else keras.saving.serialize_keras_object(self.schedule)
         )
         config["scope"] = self.scope
+        config["criterion"] = keras.saving.serialize_keras_object(self.criterion)
         return config
 
     @classmethod
@@ -232,7 +268,41 @@ class PruningWrapper(keras.layers.Wrapper):
             schedule = keras.saving.deserialize_keras_object(
                 schedule, custom_objects=custom_objects
             )
-        return cls(layer, schedule=schedule, **config)
+        criterion = config.pop("criterion", None)
+        if isinstance(criterion, dict):
+            criterion = keras.saving.deserialize_keras_object(
+                criterion, custom_objects=custom_objects
+            )
+        return cls(layer, schedule=schedule, criterion=criterion, **config)
+
+
+def _record_gradient(value, record, accumulate):
+    """Identity on `value` whose backward pass also writes |gradient| into `record`.
+
+    Runs inside whatever train step takes the gradient (compiled or XLA-compiled): the write is
+    a stateful op of that graph, so `tf.function` runs it, after this step's forward-pass reads
+    of the same variable. Under
+    `tf.distribute` the gradient is summed over replicas first, so the record is the gradient of
+    the global batch and identical everywhere.
+    """
+
+    @tf.custom_gradient
+    def identity(x):
+        def grad(upstream):
+            g = upstream
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                g = context.all_reduce(tf.distribute.ReduceOp.SUM, g)
+            g = tf.abs(tf.cast(g, record.dtype))
+            if accumulate:
+                record.assign_add(g)
+            else:
+                record.assign(g)
+            return upstream
+
+        return tf.identity(x), grad
+
+    return identity(value)
 
 
 class PruningGroup:
@@ -245,7 +315,7 @@ class PruningGroup:
     leaves every pruned weight at exactly zero.
 
     Args:
-        wrappers: built `PruningWrapper`s sharing `schedule` and `scope`.
+        wrappers: built `PruningWrapper`s sharing `schedule`, `scope` and `criterion`.
         schedule: their `PruningSchedule`.
         scope: `"layer"` or `"global"`.
         step: the optimizer's `iterations` variable.
@@ -260,6 +330,7 @@ class PruningGroup:
     def __init__(self, wrappers, schedule, scope, step, slots):
         self.wrappers = list(wrappers)
         self.leader = self.wrappers[0]
+        self.criterion = self.leader.criterion
         self.schedule = schedule
         self.scope = scope
         self.step = step
@@ -291,19 +362,20 @@ class PruningGroup:
     def update(self, target, strategy=None):
         """Recomputes every mask of the group for sparsity `target` (graph or eager).
 
-        With a `strategy` (cross-replica context), every replica's copy of the masks, weights
-        and slots is written through `strategy.extended.update`.
+        With a `strategy` (cross-replica context), every replica's copy of the masks, weights,
+        slots and gradient records is written through `strategy.extended.update`.
         """
-        variables, masks, slots = [], [], []
+        variables, masks, slots, records = [], [], [], []
         for wrapper, wrapper_slots in zip(self.wrappers, self.slots):
             variables.extend(wrapper.pruned_weights)
             masks.extend(wrapper.masks)
             slots.extend(wrapper_slots)
+            records.extend(wrapper.gradient_records)
         values = [exact_value(v) for v in variables]
-        scores = scores_lib.magnitude(values)
-        new_masks = compute_masks(
-            scores,
+        new_masks = self.criterion.masks(
+            values,
             [exact_value(m) for m in masks],
+            [exact_value(r) for r in records] if self.criterion.needs_gradients else None,
             target,
             scope=self.scope,
             monotone=not self.schedule.allows_regrowth,
@@ -321,6 +393,14 @@ class PruningGroup:
                 _on_every_replica(strategy, m, _assign_mask, new)
                 for x in (v, *v_slots):
                     _on_every_replica(strategy, x, _multiply_by_mask, new)
+        if self.criterion.accumulate_gradients:
+            # Running sums restart after every update.
+            for r in records:
+                zeros = ops.zeros_like(exact_value(r))
+                if strategy is None:
+                    r.assign(zeros)
+                else:
+                    _on_every_replica(strategy, r, _assign_mask, zeros)
         return tf.constant(True)
 
 
