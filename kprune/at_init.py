@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 
 import keras
 import numpy as np
@@ -49,9 +50,18 @@ import tensorflow as tf
 
 from kprune import scores as scores_lib
 from kprune.allocation import erk_prune_counts
-from kprune.api import _clone, _layers_to_wrap, _weight_key, prune, set_masks
+from kprune.api import (
+    _clone,
+    _layers_to_wrap,
+    _weight_key,
+    prune,
+    set_masks,
+    sparsity_report,
+    strip,
+)
 from kprune.masking import compute_masks
 from kprune.targets import prunable_weights
+from kprune.training import fit_and_evaluate
 
 __all__ = ["METHODS", "SCOPES", "prune_at_init", "masks_at_init"]
 
@@ -546,3 +556,122 @@ def prune_at_init(
     pruned = prune(model, None, scope="global" if scope == "global" else "layer", exclude=exclude)
     set_masks(pruned, masks)
     return pruned
+
+
+# -- workflow: prune at initialization, then train with the masks fixed ------------------------
+def saliency_batches(dataset, batches):
+    """The first `batches` batches of a batched `(x, y)` dataset, concatenated into arrays.
+
+    Example:
+
+    >>> x, y = saliency_batches(data.train, 1)  # doctest: +SKIP
+    """
+    xs, ys = [], []
+    for x, y in dataset.take(batches):
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y))
+    if len(xs) < batches:
+        raise ValueError(
+            f"The training data has only {len(xs)} batches; scoring asked for {batches}."
+        )
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def class_balanced_sample(dataset, per_class, num_classes):
+    """`per_class` examples of every class from a batched `(x, y)` dataset (GraSP's sample).
+
+    Reads batches until every class is full, keeping examples in the order they come, then
+    returns them sorted by class so that two halves hold the same classes in turn.
+
+    Raises:
+        ValueError: a class has fewer than `per_class` examples in the whole dataset.
+
+    Example:
+
+    >>> x, y = class_balanced_sample(data.train, 10, 10)  # doctest: +SKIP
+    >>> np.bincount(y).tolist()  # doctest: +SKIP
+    [10, 10, 10, 10, 10, 10, 10, 10, 10, 10]
+    """
+    taken = {c: [] for c in range(num_classes)}
+    for x, y in dataset:
+        for xi, yi in zip(np.asarray(x), np.asarray(y).reshape(-1)):
+            bucket = taken.get(int(yi))
+            if bucket is not None and len(bucket) < per_class:
+                bucket.append(xi)
+        if all(len(b) == per_class for b in taken.values()):
+            break
+    short = {c: len(b) for c, b in taken.items() if len(b) < per_class}
+    if short:
+        raise ValueError(
+            f"A class-balanced sample of {per_class} per class needs more data: classes "
+            f"{sorted(short)} have only {sorted(short.values())} examples."
+        )
+    # Interleave classes (0, 1, ..., 0, 1, ...) so equal halves are class-balanced too.
+    order = [(i, c) for i in range(per_class) for c in range(num_classes)]
+    x = np.stack([taken[c][i] for i, c in order])
+    y = np.array([c for _, c in order], dtype=np.int64)
+    return x, y
+
+
+def train_at_init(
+    model,
+    data,
+    training,
+    *,
+    method,
+    sparsity,
+    scope="global",
+    exclude=(),
+    saliency_data=None,
+    batches=1,
+    run_dir=None,
+    callbacks=(),
+    verbose=1,
+    **method_options,
+):
+    """Prunes `model` at initialization with `method`, then trains it with the masks fixed.
+
+    Args:
+        model: a built Sequential or functional model that outputs logits (unchanged).
+        data: a `kprune.data.Dataset` for training and evaluation.
+        training: a `kprune.training.TrainConfig`.
+        method, sparsity, scope, exclude, batches, **method_options: as `masks_at_init`.
+        saliency_data: `(x, y)` arrays (or a dataset) to score with; None for SynFlow and
+            random, which need no data.
+        run_dir, callbacks, verbose: as `kprune.training.fit_and_evaluate`.
+
+    Returns:
+        `(stripped_model, results)`: the trained model without wrappers, and the results of
+        `fit_and_evaluate` plus `method`, `scope`, `exclude`, `saliency_seconds` (time spent
+        scoring) and `sparsity` (`kprune.sparsity_report` of the pruned model).
+
+    Example:
+
+    >>> stripped, results = train_at_init(
+    ...     model, data, TrainConfig(epochs=5), method="snip", sparsity=0.9,
+    ...     saliency_data=saliency_batches(data.train, 1))  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    pruned = prune_at_init(
+        model,
+        saliency_data,
+        method=method,
+        sparsity=sparsity,
+        batches=batches,
+        scope=scope,
+        exclude=list(exclude or ()),
+        **method_options,
+    )
+    saliency_seconds = time.perf_counter() - start
+    results = fit_and_evaluate(
+        pruned, data, training, run_dir=run_dir, callbacks=callbacks, verbose=verbose
+    )
+    results.update(
+        method=method,
+        scope=scope,
+        exclude=list(exclude or ()),
+        saliency_seconds=round(saliency_seconds, 3),
+        method_options=dict(method_options),
+        sparsity=sparsity_report(pruned),
+    )
+    return strip(pruned), results

@@ -30,7 +30,8 @@ import numbers
 
 import tensorflow as tf
 
-from kprune.api import prune, sparsity_report, strip
+from kprune.api import prune, set_masks, sparsity_report, strip
+from kprune.criteria import get_criterion
 from kprune.schedules import CyclicalSparsity, LinearSparsity, PolynomialDecay
 from kprune.training import fit_and_evaluate
 
@@ -232,6 +233,8 @@ def train_gradual(
     run_dir=None,
     callbacks=(),
     verbose=1,
+    criterion="magnitude",
+    initial_masks=None,
 ):
     """Prunes `model` along `schedule` while training it once; returns it stripped.
 
@@ -246,6 +249,12 @@ def train_gradual(
         run_dir: optional directory for logs and checkpoints (see `fit_and_evaluate`).
         callbacks: extra Keras callbacks.
         verbose: Keras `fit` verbosity.
+        criterion: which weights each update removes: `"magnitude"` (the smallest |w| among
+            the active weights) or `"fggp"` / a `kprune.FGGP(...)` (gradient first, magnitude
+            next).
+        initial_masks: optional `{path: 0/1 array}` set before training (e.g. a random ERK
+            mask from `kprune.masks_at_init(..., method="random", scope="erk")` for a sparse
+            start); the schedule then continues from that sparsity.
 
     Returns:
         `(stripped_model, results)`: a plain Keras model with the zeros baked in, and a dict
@@ -269,7 +278,9 @@ def train_gradual(
             raise ValueError(f"`exclude` only applies to pruning methods. Received: {exclude}")
         trained = model
     else:
-        trained = prune(model, schedule, scope=scope, exclude=list(exclude))
+        trained = prune(model, schedule, scope=scope, exclude=list(exclude), criterion=criterion)
+        if initial_masks:
+            set_masks(trained, initial_masks)
     results = fit_and_evaluate(
         trained, data, training, run_dir=run_dir, callbacks=callbacks, verbose=verbose
     )
@@ -277,6 +288,11 @@ def train_gradual(
         None if schedule is None else {"class": type(schedule).__name__, **schedule.get_config()}
     )
     results["scope"] = None if schedule is None else scope
+    if schedule is not None:
+        chosen = get_criterion(criterion)
+        results["criterion"] = {"class": type(chosen).__name__, **chosen.get_config()}
+    else:
+        results["criterion"] = None
     results["exclude"] = list(exclude)
     results["sparsity"] = sparsity_report(trained)
     stripped = trained if schedule is None else strip(trained)

@@ -364,6 +364,7 @@ def run_lottery(
     compile_kwargs=None,
     callbacks=None,
     verbose=0,
+    prepare=None,
 ):
     """Finds a lottery ticket by iterative magnitude pruning with rewinding.
 
@@ -426,6 +427,9 @@ def run_lottery(
         callbacks: a list of Keras callbacks used in every round, or a callable
             `round_index -> list` (e.g. one TensorBoard directory per round).
         verbose: passed to `fit` / `evaluate`; with verbose > 0 a line per round is printed.
+        prepare: optional `prepare(pruned_model)` called once on the pruned copy before any
+            training, e.g. to put weight-decay regularizers on its variables
+            (`kprune.training.apply_weight_decay`).
 
     Returns:
         A JSON-serializable dict: `method` ("lth"), `settings`, `num_prunable`,
@@ -500,6 +504,8 @@ def run_lottery(
         callbacks = list(callbacks)
 
     pruned = prune(model, None, scope="global", exclude=exclude)
+    if prepare is not None:
+        prepare(pruned)
     entries = _pruned_entries(pruned)
     num_prunable = int(sum(int(np.prod(w.shape)) for _, w, _ in entries))
     kept = kept_counts(num_prunable, rate, rounds, rounding)

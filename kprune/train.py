@@ -27,7 +27,6 @@ model.keras (pruned and stripped), results.json, export/ (with --export).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import pathlib
@@ -81,8 +80,9 @@ flags.DEFINE_enum(
     METHOD_NAMES,
     "How to prune. dense: no pruning; linear: sparsity rises linearly during training "
     "(magnitude); polynomial: cubic gradual pruning (Zhu & Gupta); cyclical: repeated ramps "
-    "with regrowth; fggp, snip, grasp, synflow, random, lth: see README (only methods wired "
-    "into this build run; the others exit with an error saying so).",
+    "with regrowth; fggp: gradient-first, magnitude-next gradual pruning on the polynomial "
+    "schedule; snip, grasp, synflow, random: masks fixed at initialization; lth: lottery "
+    "ticket iterative magnitude pruning with rewinding.",
 )
 flags.DEFINE_float(
     "target_sparsity",
@@ -101,9 +101,9 @@ flags.DEFINE_float(
 flags.DEFINE_enum(
     "scope",
     "global",
-    ["global", "layer"],
-    "global: one magnitude threshold over all pruned weights; layer: every weight tensor is "
-    "pruned to the target.",
+    ["global", "layer", "erk"],
+    "global: one threshold over all pruned weights; layer: every weight tensor is pruned to "
+    "the target; erk: Erdos-Renyi-Kernel budgets per tensor (snip, grasp, synflow, random).",
 )
 
 # Schedule (fractions of the whole training, or steps).
@@ -152,6 +152,62 @@ flags.DEFINE_float(
     "Sparsity at the start of every cycle after the first, in [0, 1).",
     lower_bound=0.0,
     upper_bound=1.0,
+)
+
+# Method options.
+flags.DEFINE_integer(
+    "saliency_batches",
+    1,
+    "snip: training batches scored (their connection sensitivities are summed).",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "grasp_samples_per_class",
+    10,
+    "grasp: class-balanced sample size per class, scored in 2 halves (10 as published).",
+    lower_bound=1,
+)
+flags.DEFINE_float(
+    "grasp_temperature", 200.0, "grasp: temperature dividing the logits, > 0.", lower_bound=0.0
+)
+flags.DEFINE_integer(
+    "synflow_iterations", 100, "synflow: pruning iterations (100 as published).", lower_bound=1
+)
+flags.DEFINE_float(
+    "fggp_candidate_rate",
+    0.5,
+    "fggp: fraction of active weights (smallest |gradient|) that become candidates, in (0, 1].",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+flags.DEFINE_enum(
+    "fggp_gradient",
+    "batch",
+    ["batch", "accumulated"],
+    "fggp: rank candidates by the last mini-batch |gradient| (as published) or by its sum "
+    "since the previous update. With --initial_sparsity > 0, fggp starts from a random ERK "
+    "mask of that sparsity.",
+)
+flags.DEFINE_integer(
+    "lth_rounds",
+    None,
+    "lth: pruning rounds after the dense round 0 (default: the fewest that reach "
+    "--target_sparsity; the final sparsity is 1 - (1 - lth_rate)^rounds).",
+    lower_bound=1,
+)
+flags.DEFINE_float(
+    "lth_rate",
+    0.2,
+    "lth: fraction of the remaining weights pruned per round, in (0, 1).",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+flags.DEFINE_integer(
+    "rewind_step",
+    0,
+    "lth: rewind surviving weights to their values at this optimizer step of round 0 "
+    "(0: the initialization).",
+    lower_bound=0,
 )
 
 # Training.
@@ -337,6 +393,33 @@ class RunConfig:
         return pathlib.Path(self.model_dir or os.path.join("saved_models", self.run_name))
 
 
+def lth_rounds(target_sparsity, rate, rounds=None):
+    """Rounds of lottery-ticket pruning: `rounds` if given, else the fewest reaching the target.
+
+    Example:
+
+    >>> lth_rounds(0.9, 0.2)  # 1 - 0.8**11 = 0.914
+    11
+    """
+    if rounds is not None:
+        return int(rounds)
+    if not 0.0 < rate < 1.0:
+        raise UsageError(f"--lth_rate must be in (0, 1). Received: --lth_rate={rate}")
+    r = 1
+    while 1.0 - (1.0 - rate) ** r < target_sparsity - 1e-12:
+        r += 1
+    return r
+
+
+def _target_sparsity(values):
+    if values.method == "dense":
+        return 0.0
+    if values.method == "lth":
+        rounds = lth_rounds(values.target_sparsity, values.lth_rate, values.lth_rounds)
+        return 1.0 - (1.0 - values.lth_rate) ** rounds
+    return values.target_sparsity
+
+
 def config_from_flags(values=FLAGS):
     """Turns parsed flags into a `RunConfig`, checking what absl's bounds cannot.
 
@@ -375,7 +458,7 @@ def config_from_flags(values=FLAGS):
         download=values.download,
         exclude=tuple(values.exclude),
         method=values.method,
-        target_sparsity=values.target_sparsity if values.method != "dense" else 0.0,
+        target_sparsity=_target_sparsity(values),
         initial_sparsity=values.initial_sparsity,
         scope=values.scope,
         batch_size=values.batch_size,
@@ -471,9 +554,18 @@ def _gradual_schedule(ctx):
     )
 
 
+def _check_scope(ctx, allowed):
+    if ctx.config.method != "dense" and ctx.config.scope not in allowed:
+        raise UsageError(
+            f"--scope={ctx.config.scope} does not apply to --method={ctx.config.method}; "
+            f"choose one of {', '.join(allowed)}."
+        )
+
+
 def _plan_gradual(ctx):
     from kprune.gradual import update_steps
 
+    _check_scope(ctx, ("global", "layer"))
     schedule = _gradual_schedule(ctx)
     if schedule is None:
         return ["pruning   none (dense baseline)"]
@@ -506,9 +598,228 @@ def _run_gradual(ctx):
     )
 
 
-# The registry behind --method. To wire a method in: add `METHODS["snip"] = Method(plan, run,
-# summary)` where `plan`/`run` turn the RunContext into plain arguments for the workflow
-# function (kprune.at_init / kprune.lottery), as _plan_gradual/_run_gradual do for gradual.py.
+# -- FGGP: gradient-first, magnitude-next, on the cubic (polynomial) schedule --------------------
+def _fggp_parts(ctx):
+    from kprune.criteria import FGGP
+    from kprune.gradual import make_schedule, pruning_window
+
+    f = ctx.config.flags
+    window = pruning_window(
+        ctx.total_steps,
+        begin=f["prune_begin"],
+        end=f["prune_end"],
+        frequency=f["prune_frequency"],
+        begin_step=f["prune_begin_step"],
+        end_step=f["prune_end_step"],
+        frequency_steps=f["prune_frequency_steps"],
+    )
+    schedule = make_schedule(
+        "polynomial",
+        ctx.config.target_sparsity,
+        window,
+        initial_sparsity=ctx.config.initial_sparsity,
+        power=f["polynomial_power"],
+    )
+    if not 0.0 < f["fggp_candidate_rate"] <= 1.0:
+        raise UsageError(
+            "--fggp_candidate_rate must be in (0, 1]. Received: "
+            f"--fggp_candidate_rate={f['fggp_candidate_rate']}"
+        )
+    criterion = FGGP(candidate_rate=f["fggp_candidate_rate"], gradient=f["fggp_gradient"])
+    return schedule, criterion
+
+
+def _plan_fggp(ctx):
+    from kprune.gradual import update_steps
+
+    _check_scope(ctx, ("global", "layer"))
+    schedule, criterion = _fggp_parts(ctx)
+    updates = update_steps(schedule, ctx.total_steps)
+    start = (
+        f"random ERK mask at {ctx.config.initial_sparsity:g} sparsity"
+        if ctx.config.initial_sparsity
+        else "dense"
+    )
+    return [
+        f"schedule  {schedule!r}",
+        f"pruning   FGGP, {ctx.config.scope} scope: candidates = the "
+        f"{criterion.candidate_rate:g} of active weights with the smallest |gradient| "
+        f"({criterion.gradient}), then the smallest |w| among them; {len(updates)} mask updates "
+        f"in steps {schedule.begin_step}..{schedule.end_step}; start {start}",
+    ]
+
+
+def _run_fggp(ctx):
+    from kprune.at_init import masks_at_init
+    from kprune.gradual import train_gradual
+
+    schedule, criterion = _fggp_parts(ctx)
+    initial = None
+    if ctx.config.initial_sparsity:
+        initial = masks_at_init(
+            ctx.model,
+            method="random",
+            sparsity=ctx.config.initial_sparsity,
+            scope="erk",
+            seed=ctx.config.seed,
+            exclude=list(ctx.config.exclude),
+        )
+    return train_gradual(
+        ctx.model,
+        ctx.data,
+        schedule,
+        ctx.config.training,
+        scope=ctx.config.scope,
+        exclude=ctx.config.exclude,
+        run_dir=ctx.run_dir,
+        verbose=ctx.config.verbose,
+        criterion=criterion,
+        initial_masks=initial,
+    )
+
+
+# -- pruning at initialization: snip, grasp, synflow, random -------------------------------------
+_AT_INIT_DESCRIPTIONS = {
+    "snip": "connection sensitivity |g * w| on {batches} training batch(es)",
+    "grasp": "gradient flow -w * Hg on a class-balanced sample ({per_class} per class, 2 "
+    "halves), logits / {temperature:g}",
+    "synflow": "iterative synaptic flow, {iterations} iterations, no data",
+    "random": "uniformly random scores (seed {seed})",
+}
+
+
+def _at_init_options(ctx):
+    f, method = ctx.config.flags, ctx.config.method
+    if method == "grasp":
+        return {"temperature": f["grasp_temperature"]}
+    if method == "synflow":
+        return {"iterations": f["synflow_iterations"]}
+    if method == "random":
+        return {"seed": ctx.config.seed}
+    return {}
+
+
+def _plan_at_init(ctx):
+    _check_scope(ctx, ("global", "layer", "erk"))
+    f = ctx.config.flags
+    if ctx.config.method == "grasp" and f["grasp_temperature"] <= 0:
+        raise UsageError(
+            f"--grasp_temperature must be > 0. Received: --grasp_temperature="
+            f"{f['grasp_temperature']}"
+        )
+    description = _AT_INIT_DESCRIPTIONS[ctx.config.method].format(
+        batches=f["saliency_batches"],
+        per_class=f["grasp_samples_per_class"],
+        temperature=f["grasp_temperature"],
+        iterations=f["synflow_iterations"],
+        seed=ctx.config.seed,
+    )
+    return [
+        f"pruning   at initialization, {ctx.config.scope} scope: {description}; masks fixed "
+        f"for all {ctx.total_steps} training steps"
+    ]
+
+
+def _run_at_init(ctx):
+    from kprune.at_init import class_balanced_sample, saliency_batches, train_at_init
+
+    method, f = ctx.config.method, ctx.config.flags
+    saliency, batches = None, 1
+    if method == "snip":
+        batches = f["saliency_batches"]
+        saliency = saliency_batches(ctx.data.train, batches)
+    elif method == "grasp":
+        batches = 2
+        saliency = class_balanced_sample(
+            ctx.data.train, f["grasp_samples_per_class"], ctx.info.num_classes
+        )
+    return train_at_init(
+        ctx.model,
+        ctx.data,
+        ctx.config.training,
+        method=method,
+        sparsity=ctx.config.target_sparsity,
+        scope=ctx.config.scope,
+        exclude=ctx.config.exclude,
+        saliency_data=saliency,
+        batches=batches,
+        run_dir=ctx.run_dir,
+        verbose=ctx.config.verbose,
+        **_at_init_options(ctx),
+    )
+
+
+# -- lottery tickets ----------------------------------------------------------------------------
+def _lth_settings(ctx):
+    f = ctx.config.flags
+    rounds = lth_rounds(ctx.config.target_sparsity, f["lth_rate"], f["lth_rounds"])
+    if not 0.0 < f["lth_rate"] < 1.0:
+        raise UsageError(f"--lth_rate must be in (0, 1). Received: --lth_rate={f['lth_rate']}")
+    if f["rewind_step"] >= ctx.total_steps:
+        raise UsageError(
+            f"--rewind_step must be below the steps of one round ({ctx.total_steps}). "
+            f"Received: --rewind_step={f['rewind_step']}"
+        )
+    return rounds, f["lth_rate"], f["rewind_step"]
+
+
+def _plan_lth(ctx):
+    _check_scope(ctx, ("global",))
+    rounds, rate, rewind = _lth_settings(ctx)
+    sparsities = ", ".join(f"{1 - (1 - rate) ** r:.3f}" for r in range(rounds + 1))
+    steps = ctx.total_steps + rounds * (ctx.total_steps - rewind)
+    return [
+        f"pruning   lottery ticket: {rounds} rounds after a dense round 0, removing {rate:g} of "
+        f"the remaining weights per round (global magnitude), rewinding to step {rewind}",
+        f"rounds    sparsity per round: {sparsities}",
+        f"compute   {steps} optimizer steps in all ({rounds + 1} trainings)",
+    ]
+
+
+def _run_lth(ctx):
+    import keras
+
+    from kprune.api import sparsity_report, strip
+    from kprune.lottery import FINAL_MODEL, run_lottery
+    from kprune.training import apply_weight_decay, make_loss, make_optimizer
+
+    rounds, rate, rewind = _lth_settings(ctx)
+    training = ctx.config.training
+    lottery_dir = ctx.run_dir / "lottery"
+
+    def per_round(r):
+        return [keras.callbacks.TensorBoard(str(ctx.run_dir / "logs" / f"round_{r:02d}"))]
+
+    results = run_lottery(
+        ctx.model,
+        ctx.data.train,
+        make_optimizer=lambda: make_optimizer(training, ctx.steps_per_epoch),
+        loss=make_loss(training),
+        rounds=rounds,
+        epochs=training.epochs,
+        run_dir=lottery_dir,
+        rate=rate,
+        rewind_step=rewind,
+        test_data=ctx.data.test,
+        steps_per_epoch=ctx.steps_per_epoch,
+        exclude=list(ctx.config.exclude),
+        callbacks=per_round,
+        verbose=ctx.config.verbose,
+        prepare=lambda model: apply_weight_decay(model, training.weight_decay),
+    )
+    pruned = keras.models.load_model(lottery_dir / FINAL_MODEL)
+    last = results["rounds"][-1]
+    results.update(
+        test_accuracy=results["final_test_accuracy"],
+        test_loss=last.get("test_loss"),
+        sparsity=sparsity_report(pruned),
+        lottery_dir=str(lottery_dir),
+    )
+    return strip(pruned), results
+
+
+# The registry behind --method: `plan`/`run` turn the RunContext into plain arguments for a
+# workflow function (kprune.gradual, kprune.at_init, kprune.lottery).
 METHODS = {
     "dense": Method(_plan_gradual, _run_gradual, "train without pruning (baseline)"),
     "linear": Method(
@@ -520,56 +831,41 @@ METHODS = {
     "cyclical": Method(
         _plan_gradual, _run_gradual, "cyclical magnitude pruning with regrowth between cycles"
     ),
-}
-# Declared in --method but implemented elsewhere and not yet wired into this entry point.
-_PENDING = {
-    "fggp": "kprune.at_init / kprune.scores (FGGP)",
-    "snip": "kprune.at_init (SNIP)",
-    "grasp": "kprune.at_init (GraSP)",
-    "synflow": "kprune.at_init (SynFlow)",
-    "random": "kprune.at_init (random pruning at init)",
-    "lth": "kprune.lottery (Lottery Ticket rewinding)",
+    "fggp": Method(
+        _plan_fggp, _run_fggp, "gradient-first, magnitude-next gradual pruning (cubic schedule)"
+    ),
+    "snip": Method(_plan_at_init, _run_at_init, "SNIP: connection sensitivity at initialization"),
+    "grasp": Method(_plan_at_init, _run_at_init, "GraSP: gradient signal preservation at init"),
+    "synflow": Method(_plan_at_init, _run_at_init, "SynFlow: data-free iterative pruning at init"),
+    "random": Method(_plan_at_init, _run_at_init, "random pruning at initialization (baseline)"),
+    "lth": Method(_plan_lth, _run_lth, "lottery ticket: iterative magnitude pruning, rewinding"),
 }
 
 
 # -- the run -----------------------------------------------------------------------------------
 def _check_method(config):
     if config.method not in METHODS:
-        where = _PENDING.get(config.method, "no module")
         raise UsageError(
-            f"--method={config.method} is not available in this build: it lives in {where}, "
-            "which is not wired into kprune.train yet. Available methods: "
-            f"{', '.join(METHODS)}."
+            f"Unknown --method={config.method}. Available methods: {', '.join(METHODS)}."
         )
 
 
 def _check_export(config):
-    """The --export hook: validates that kprune.export is there and takes the formats."""
+    """Validates --export/--export_quantize; returns kprune.export.export or None."""
     if not config.export:
+        if config.export_quantize is not None:
+            raise UsageError("--export_quantize needs --export (e.g. --export=tflite).")
         return None
-    try:
-        export_module = importlib.import_module("kprune.export")
-    except ModuleNotFoundError as err:
+    from kprune.export import FORMATS, QUANTIZE_MODES, export
+
+    unknown = sorted(set(config.export) - set(FORMATS))
+    if unknown:
+        raise UsageError(f"--export: unknown formats {unknown}; valid: {', '.join(FORMATS)}")
+    if config.export_quantize is not None and config.export_quantize not in QUANTIZE_MODES:
         raise UsageError(
-            f"--export={','.join(config.export)}: exporting is not available in this build "
-            "(kprune.export is missing). Train without --export, then export the saved "
-            "model.keras later."
-        ) from err
-    export_fn = getattr(export_module, "export", None)
-    if not callable(export_fn):
-        raise UsageError("--export: kprune.export has no export() function in this build.")
-    formats = getattr(export_module, "FORMATS", None)
-    if formats is not None:
-        unknown = sorted(set(config.export) - set(formats))
-        if unknown:
-            raise UsageError(f"--export: unknown formats {unknown}; valid: {', '.join(formats)}")
-    modes = getattr(export_module, "QUANTIZE_MODES", None)
-    if config.export_quantize is not None and modes is not None:
-        if config.export_quantize not in modes:
-            raise UsageError(
-                f"--export_quantize={config.export_quantize} is not one of {', '.join(modes)}"
-            )
-    return export_fn
+            f"--export_quantize={config.export_quantize} is not one of {', '.join(QUANTIZE_MODES)}"
+        )
+    return export
 
 
 def _check_run_dir(config):
@@ -811,13 +1107,24 @@ def _execute(ctx, plan_lines, state, export_fn):
     tmp_path = run_dir / "tmp-model.keras"  # Keras insists on the .keras suffix
     stripped.save(tmp_path)
     os.replace(tmp_path, model_path)
+    parity_error = None
     if export_fn is not None:
-        # The export hook: deployment formats of the stripped model (kprune.export). Options
-        # beyond formats and quantization (e.g. int8 calibration data) are for the lead to wire.
-        options = {"formats": list(config.export)}
+        from kprune.export import ParityError
+
+        # Calibration (int8) from the training pipeline, parity samples from the test split.
+        options = {
+            "formats": list(config.export),
+            "representative_data": ctx.data.train,
+            "eval_data": ctx.data.test,
+            "overwrite": True,
+        }
         if config.export_quantize is not None:
             options["quantize"] = config.export_quantize
-        method_results["export"] = export_fn(stripped, run_dir / "export", **options)
+        try:
+            method_results["export"] = export_fn(stripped, run_dir / "export", **options)
+        except ParityError as err:  # the files are written; say so in results.json too
+            parity_error = err
+            method_results["export"] = {"parity_error": str(err)}
 
     final = sparsity_report(stripped)
     pruned_report = method_results.pop("sparsity", None) or final
@@ -850,6 +1157,8 @@ def _execute(ctx, plan_lines, state, export_fn):
     }
     _write_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     print(_summary_paragraph(config, results, run_dir))
+    if parity_error is not None:
+        raise parity_error
     return results
 
 
@@ -898,10 +1207,15 @@ def main(argv):
         return _report_usage_error(
             f"unexpected arguments {argv[1:]}; flags are written --name=value."
         )
+    from kprune.export import ParityError
+
     try:
         run(config_from_flags(FLAGS))
     except UsageError as err:
         return _report_usage_error(err)
+    except ParityError as err:
+        sys.stderr.write(f"error: exported files disagree with the Keras model: {err}\n")
+        return 3
     return 0
 
 

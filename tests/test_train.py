@@ -4,7 +4,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
@@ -58,10 +57,7 @@ def test_dry_run_of_every_flagfile(path, tmp_path, capsys):
     args = [f"--flagfile={path}", "--dry_run", f"--data_dir={tmp_path}"]
     args.append(f"--model_dir={tmp_path / 'run'}")
     values = flagfile_values(path)
-    if values["method"] not in train.METHODS:
-        assert run_cli(*args) == 2
-        assert "is not available in this build" in capsys.readouterr().err
-        args.append("--method=linear")  # the rest of the file must still be valid
+    assert values["method"] in train.METHODS
     assert run_cli(*args) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     info = data.dataset_info(values["dataset"])
@@ -139,8 +135,12 @@ BAD_INPUTS = [
     (["--prune_end_step=100000"], "beyond training"),
     (["--prune_begin=0.8", "--prune_end=0.5"], "must begin before it ends"),
     (["--flagfile=/nonexistent/x.flags"], "x.flags"),
-    (["--method=snip"], "--method=snip is not available in this build"),
-    (["--method=lth"], "kprune.lottery"),
+    (["--method=lth", "--rewind_step=100000"], "--rewind_step must be below"),
+    (["--method=lth", "--scope=layer"], "--scope=layer does not apply to --method=lth"),
+    (["--method=linear", "--scope=erk"], "--scope=erk does not apply to --method=linear"),
+    (["--method=fggp", "--fggp_candidate_rate=0"], "--fggp_candidate_rate must be in (0, 1]"),
+    (["--method=grasp", "--grasp_temperature=0"], "--grasp_temperature must be > 0"),
+    (["--export_quantize=int8"], "--export_quantize needs --export"),
     (["--exclude=fc9"], "--exclude names layers that are not in model"),
     (["--lr_schedule=step", "--lr_decay_epochs=30,90"], "lr_decay_epochs"),
     (["--lr_decay_epochs=ten"], "comma-separated list of numbers"),
@@ -170,19 +170,6 @@ def test_bad_npz_exits_2_without_writing(problem, tmp_path, capsys):
     assert not run_dir.exists()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("kprune.export") is not None,
-    reason="kprune.export exists: the --export hook is live",
-)
-def test_export_without_export_module_exits_2(tmp_path, capsys):
-    assert run_cli("--export=tflite", f"--model_dir={tmp_path / 'run'}") == 2
-    assert "exporting is not available in this build" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("kprune.export") is None, reason="kprune.export is not in this build"
-)
 @pytest.mark.parametrize("args", [["--export=pdf"], ["--export=tflite", "--export_quantize=int3"]])
 def test_export_hook_checks_formats_before_training(args, tmp_path, capsys):
     assert run_cli(*args, f"--model_dir={tmp_path / 'run'}") == 2
@@ -310,6 +297,64 @@ def test_layer_scope_polynomial_run_with_exclude(tmp_path):
     assert not rows["logits/kernel"]["wrapped"] and rows["logits/kernel"]["nonzero"] == 1000
     assert results["schedule"]["class"] == "PolynomialDecay" and results["scope"] == "layer"
     assert results["exclude"] == ["logits"]
+
+
+PRUNABLE = 64 * 300 + 300 * 100 + 100 * 10  # LeNet-300-100 on 8x8 digits
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--method=fggp", "--initial_sparsity=0.5"],
+        ["--method=snip", "--saliency_batches=2"],
+        ["--method=grasp", "--grasp_samples_per_class=4"],
+        ["--method=synflow", "--synflow_iterations=10"],
+        ["--method=random", "--scope=erk"],
+    ],
+    ids=lambda a: a[0][len("--method=") :],
+)
+def test_every_other_method_trains_to_the_exact_target(args, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*args, "--epochs=1", "--progress=none", f"--model_dir={run_dir}") == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    method = args[0][len("--method=") :]
+    assert results["method"] == method and results["total_steps"] == 45
+    assert results["nonzero_prunable_params"] == PRUNABLE - round(0.9 * PRUNABLE)
+    stripped = keras.saving.load_model(run_dir / "model.keras")
+    kernels = [layer.kernel.numpy() for layer in stripped.layers if hasattr(layer, "kernel")]
+    assert sum(int(np.count_nonzero(k)) for k in kernels) == results["nonzero_prunable_params"]
+    if method == "fggp":
+        assert results["criterion"] == {"class": "FGGP", "candidate_rate": 0.5, "gradient": "batch"}
+    else:
+        assert results["scope"] == ("erk" if "--scope=erk" in args else "global")
+        assert results["saliency_seconds"] >= 0
+
+
+def test_lth_run_writes_rounds_and_resumes_nothing_twice(tmp_path):
+    run_dir = tmp_path / "lth"
+    args = ["--method=lth", "--lth_rounds=2", "--rewind_step=10", "--epochs=1"]
+    assert run_cli(*args, "--progress=none", f"--model_dir={run_dir}") == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    rounds = results["rounds"]
+    assert [row["round"] for row in rounds] == [0, 1, 2]
+    expected = [1 - round(PRUNABLE * 0.8**r) / PRUNABLE for r in range(3)]
+    assert [row["global_sparsity"] for row in rounds] == pytest.approx(expected, abs=1e-12)
+    assert all(k in rounds[-1] for k in ("test_accuracy", "wall_time_s", "steps"))
+    # Round 0 trains 45 steps; rounds 1-2 retrain from step 10.
+    assert results["total_steps"] == 45 + 2 * (45 - 10)
+    assert results["target_sparsity"] == pytest.approx(1 - 0.8**2)
+    assert results["nonzero_prunable_params"] == round(PRUNABLE * 0.8**2)
+    assert (run_dir / "lottery" / "round_02" / "masks.npz").exists()
+
+
+def test_export_flag_writes_export_under_the_run_dir(tmp_path):
+    run_dir = tmp_path / "exp"
+    args = ["--epochs=1", "--export=tflite", "--export_quantize=dynamic", "--progress=none"]
+    assert run_cli(*args, f"--model_dir={run_dir}") == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (run_dir / "export" / "model.tflite").exists()
+    assert (run_dir / "export" / "export_report.json").exists()
+    assert results["export"]["artifacts"]["tflite"]["bytes"] > 0
 
 
 @pytest.mark.slow
