@@ -593,7 +593,7 @@ def test_bench_tflite_quick(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "tools/bench_tflite.py", "--quick", f"--out={out}"],
+        [sys.executable, "tools/bench_tflite.py", "--quick", f"--json={out}"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -69,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--calibration", type=int, default=100, help="int8 calibration samples")
     parser.add_argument("--no_xnnpack", action="store_true", help="builtin kernels only")
     parser.add_argument("--quick", action="store_true", help="smoke run (small, few runs)")
-    parser.add_argument("--out", default="bench_tflite.json")
+    parser.add_argument("--json", default="bench_tflite.json", help="output JSON path")
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -349,10 +349,10 @@ def main(argv=None):
         for (model, variant), target in GOALS.items()
         if model in results["models"]
     ]
-    with open(args.out, "w") as f:
+    with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
     print_table(results)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
