@@ -292,6 +292,7 @@ def test_bad_input_for_a_cell_stops_the_sweep(tmp_path):
         (["--extra=--target_sparsity=0.5"], "--target_sparsity=0.5 cannot be passed through"),
         (["--", "--lth_rounds=3"], "cannot be passed through"),
         (["--", "epochs=3"], "written --name=value. Received: 'epochs=3'"),
+        (["--report_only"], "--report_only: there is no sweep in --out="),
     ],
 )
 def test_bad_input_is_refused_before_anything_runs(tmp_path, args, message):
@@ -305,11 +306,12 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path, args, message):
 
 def test_a_sweep_directory_keeps_its_shared_settings(tiny):
     out, _ = tiny
-    args = tiny_args(out)
-    args[-1] = "--lth_rate=0.2"
-    status, _, stderr = run_sweep(*args)
-    assert status == 2
-    assert "different shared settings (extra" in stderr and "--lth_rate=0.2" in stderr
+    for more in ([], ["--dry_run"], ["--report_only"]):
+        args = tiny_args(out, *more)
+        args[-1] = "--lth_rate=0.2"
+        status, _, stderr = run_sweep(*args)
+        assert status == 2
+        assert "different shared settings (extra" in stderr and "--lth_rate=0.2" in stderr
 
 
 def test_summarize_and_cell_names():

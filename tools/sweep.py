@@ -938,9 +938,11 @@ def main(argv=None):
         cells = plan_cells(config)
         if not cells:
             raise SweepError("Nothing to run: give --methods and --sparsities, or --dense.")
+        settings_path, settings = _check_settings(config)
         if config.dry_run:
             return _dry_run(config, cells)
-        settings_path, settings = _check_settings(config)
+        if config.report_only and not config.out.is_dir():
+            raise SweepError(f"--report_only: there is no sweep in --out={config.out}.")
         counts = {"ran": 0, "skipped": 0, "failed": 0}
         if not config.report_only:
             config.out.mkdir(parents=True, exist_ok=True)
