@@ -155,6 +155,13 @@ def _method_names():
     return METHOD_NAMES
 
 
+def _method_rank(method):
+    """Reports list methods in kprune.train's order (dense, linear, ..., lth), whatever the
+    order of the invocations that ran them."""
+    names = _method_names()
+    return names.index(method) if method in names else len(names)
+
+
 def _parse_sparsities(text):
     values = []
     for item in text.split(","):
@@ -366,16 +373,7 @@ def _report_cells(config, cells):
     """The grid plus every finished cell of `out` (an extended sweep reports all of it)."""
     known = {cell.name for cell in cells}
     extra = [cell for cell in finished_cells(config.out) if cell.name not in known]
-    order = {m: i for i, m in enumerate(["dense", *config.methods])}
-    extra.sort(
-        key=lambda c: (
-            c.seed,
-            c.target is not None,
-            c.target or 0.0,
-            order.get(c.method, len(order)),
-            c.method,
-        )
-    )
+    extra.sort(key=lambda c: (c.seed, c.target or 0.0, _method_rank(c.method), c.method))
     return [*cells, *extra]
 
 
@@ -668,8 +666,7 @@ def summarize(rows):
                 "seeds": sorted(r["seed"] for r in members),
             }
         )
-    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
-    summary.sort(key=lambda g: (g["method"] != "dense", order[g["method"]], g["target_sparsity"]))
+    summary.sort(key=lambda g: (_method_rank(g["method"]), g["method"], g["target_sparsity"]))
     return summary
 
 
@@ -712,7 +709,9 @@ def markdown_report(rows, summary, header_lines=()):
     dense = by_key.get(("dense", 0.0))
     if dense:
         lines += [f"**Dense baseline**: {_accuracy_text(dense)} (n = {dense['n']}).", ""]
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
+    methods = sorted(
+        {r["method"] for r in rows if r["method"] != "dense"}, key=lambda m: (_method_rank(m), m)
+    )
     sparsities = sorted({r["target_sparsity"] for r in rows if r["method"] != "dense"})
     if methods:
         lines.append("| method | " + " | ".join(map(_sparsity_heading, sparsities)) + " |")
