@@ -142,7 +142,8 @@ def test_markdown_and_json_summaries_match_the_runs(tiny):
     lth += f"{spread(['lth-70-seed0', 'lth-70-seed1'])} @ 75.00% |"
     assert lth in text
     assert "| lth | 70.00 | 75.000 |" in text
-    assert "python tools/sweep.py --flagfile=" in text  # the command that made it
+    # The command that made it, with its date.
+    assert "\n```bash\n# 20" in text and "\npython tools/sweep.py --flagfile=" in text
 
     payload = json.loads((out / "sweep.json").read_text())
     assert len(payload["cells"]) == 10
@@ -182,6 +183,8 @@ def test_second_invocation_trains_nothing(tiny):
     assert "0 ran, 10 skipped, 0 failed" in stdout
     assert stdout.count(": skipped, finished: test acc ") == 10
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")} == stamps
+    commands = (out / "sweep_commands.txt").read_text()
+    assert commands.count("\npython tools/sweep.py --flagfile=") == 2  # both invocations
 
 
 def test_an_unfinished_cell_is_run_again_and_the_report_keeps_other_cells(tiny, tmp_path):

@@ -15,6 +15,8 @@ into:
                    a min-max band, the dense baseline as a horizontal line with its band
                    (needs matplotlib: pip install "kprune[plot]"; the rest is written without)
   OUT/logs/        the output of every cell's training run
+  OUT/sweep_commands.txt, OUT/sweep_settings.json   every invocation that trained here (date
+                   and command), and the settings all its cells share
 
 Usage (from the repository root):
 
@@ -86,6 +88,7 @@ COLUMNS = (
     "run_dir",
 )
 RESULTS = "results.json"
+COMMANDS = "sweep_commands.txt"
 
 
 class SweepError(ValueError):
@@ -789,10 +792,18 @@ def plot(summary, path, title):
     xs = sorted({g["sparsity_mean"] for g in pruned})
     if xs and all(0.0 < x < 1.0 for x in xs):
         axes.set_xscale("logit")
-        axes.set_xticks(xs)
+        low, high = min(xs) * 0.9, 1 - (1 - max(xs)) * 0.6
+        axes.set_xlim(low, high)
+        # A tick at every sparsity reached, except where labels would overlap (lth lands
+        # just above its target).
+        logit = [math.log(x / (1 - x)) for x in (low, *xs, high)]
+        ticks, last = [], None
+        for x, position in zip(xs, logit[1:-1]):
+            if last is None or position - last > 0.1 * (logit[-1] - logit[0]):
+                ticks.append(x)
+                last = position
+        axes.set_xticks(ticks)
         axes.xaxis.set_minor_formatter(NullFormatter())
-        span = [min(xs) * 0.9, 1 - (1 - max(xs)) * 0.6]
-        axes.set_xlim(span)
     axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.4g}%"))
     axes.set_xlabel("sparsity (zeros among prunable weights, achieved)")
     axes.set_ylabel("test accuracy (%)")
@@ -851,7 +862,9 @@ def write_reports(config, cells):
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
     os.replace(tmp, out / "sweep.csv")
 
-    command = "python tools/sweep.py " + shlex.join(config.argv) if config.argv else None
+    # Every invocation that trained here, oldest first (a sweep may be extended several times).
+    log = out / COMMANDS
+    commands = log.read_text().splitlines() if log.is_file() else []
     done = [r for r in rows if r["status"] == "done"]
     versions = {}
     if done:
@@ -867,7 +880,7 @@ def write_reports(config, cells):
             "seeds": list(config.seeds),
             "dense": config.dense,
             "out": str(out),
-            "command": command,
+            "commands": commands,
         },
         "date": date,
         "machine": machine,
@@ -877,8 +890,8 @@ def write_reports(config, cells):
     }
     _write_atomic(out / "sweep.json", json.dumps(payload, indent=2) + "\n")
     header = []
-    if command:
-        header += ["```bash", command, "```", ""]
+    if commands:
+        header += ["Made by (date, command):", "", "```bash", *commands, "```", ""]
     header += [
         f"{len(done)} of {len(rows)} cells finished; written {date} on {machine['cpu_count']} x "
         f"{machine['cpu_model']} ({machine['platform']}); "
@@ -946,6 +959,9 @@ def main(argv=None):
         if not config.report_only:
             config.out.mkdir(parents=True, exist_ok=True)
             _write_atomic(settings_path, json.dumps(settings, indent=2) + "\n")
+            stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            with open(config.out / COMMANDS, "a") as log:
+                log.write(f"# {stamp}\npython tools/sweep.py {shlex.join(config.argv)}\n")
             try:
                 counts = run_cells(config, cells)
             finally:
