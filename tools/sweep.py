@@ -376,8 +376,10 @@ def _report_cells(config, cells):
     """The grid plus every finished cell of `out` (an extended sweep reports all of it)."""
     known = {cell.name for cell in cells}
     extra = [cell for cell in finished_cells(config.out) if cell.name not in known]
-    extra.sort(key=lambda c: (c.seed, c.target or 0.0, _method_rank(c.method), c.method))
-    return [*cells, *extra]
+    return sorted(
+        [*cells, *extra],
+        key=lambda c: (c.seed, c.target or 0.0, _method_rank(c.method), c.method),
+    )
 
 
 def train_args(config, cell):
@@ -792,14 +794,15 @@ def plot(summary, path, title):
     xs = sorted({g["sparsity_mean"] for g in pruned})
     if xs and all(0.0 < x < 1.0 for x in xs):
         axes.set_xscale("logit")
-        low, high = min(xs) * 0.9, 1 - (1 - max(xs)) * 0.6
-        axes.set_xlim(low, high)
+        logit = [math.log(x / (1 - x)) for x in xs]
+        pad = max(0.5, 0.12 * (logit[-1] - logit[0]))  # centres a single sparsity
+        left, right = logit[0] - pad, logit[-1] + pad
+        axes.set_xlim(1 / (1 + math.exp(-left)), 1 / (1 + math.exp(-right)))
         # A tick at every sparsity reached, except where labels would overlap (lth lands
         # just above its target).
-        logit = [math.log(x / (1 - x)) for x in (low, *xs, high)]
         ticks, last = [], None
-        for x, position in zip(xs, logit[1:-1]):
-            if last is None or position - last > 0.1 * (logit[-1] - logit[0]):
+        for x, position in zip(xs, logit):
+            if last is None or position - last > 0.1 * (right - left):
                 ticks.append(x)
                 last = position
         axes.set_xticks(ticks)
