@@ -975,6 +975,12 @@ def main(argv=None):
     except SweepError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            "\ninterrupted: the reports cover the finished cells; rerun the same command to "
+            "resume.\n"
+        )
+        return 130
     done = sum(r["status"] == "done" for r in rows)
     print(
         f"sweep: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed; "
