@@ -116,11 +116,12 @@ def _fresh_copy(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-def _clone(model, make_layer):
+def _clone(model, make_layer, compiled=True):
     """`keras.models.clone_model` with `make_layer(layer)`, then weights copied over.
 
     `make_layer` returns `(new_layer, copy_weights)` where `copy_weights()` runs once the
-    clone is built.
+    clone is built. With `compiled=False` the copy is not compiled even if `model` is
+    (`clone_model` copies the compile config of a compiled model).
     """
     copies = []
 
@@ -129,7 +130,14 @@ def _clone(model, make_layer):
         copies.append(copy_weights)
         return new_layer
 
-    new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    was_compiled = getattr(model, "compiled", False)
+    if not compiled:
+        model.compiled = False
+    try:
+        new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    finally:
+        if not compiled:
+            model.compiled = was_compiled
     for copy_weights in copies:
         copy_weights()
     return new_model
@@ -239,7 +247,7 @@ def prune(model, schedule, *, scope="layer", exclude=None, criterion="magnitude"
             return wrapper, lambda: new_layer.set_weights(layer.get_weights())
         return new_layer, lambda: new_layer.set_weights(layer.get_weights())
 
-    return _clone(model, make_layer)
+    return _clone(model, make_layer, compiled=False)
 
 
 # -- strip ----------------------------------------------------------------------------------
@@ -250,7 +258,7 @@ def _masked_weights(wrapper):
     for v in wrapper.layer.weights:
         value = np.array(v.numpy())
         if id(v) in masks:
-            value = value * np.asarray(masks[id(v)].numpy(), dtype=value.dtype)
+            value = np.where(np.asarray(masks[id(v)].numpy()) != 0, value, 0).astype(value.dtype)
         values.append(value)
     return values
 
@@ -258,8 +266,9 @@ def _masked_weights(wrapper):
 def strip(model):
     """Returns a plain Keras copy of a pruned model: wrappers removed, zeros baked in.
 
-    The result has no kprune layers (it loads without kprune), the same predictions, and
-    exactly the zeros of the masks.
+    The result has no kprune layers, the same predictions, exactly the zeros of the masks, and
+    is not compiled (the training set-up, e.g. a kprune learning-rate schedule, stays with the
+    pruned model), so its `.keras` file loads anywhere without kprune. Compile it to evaluate.
 
     Args:
         model: a Sequential or functional model, pruned or not.
@@ -290,7 +299,7 @@ def strip(model):
         new_layer = _fresh_copy(layer)
         return new_layer, lambda: new_layer.set_weights(layer.get_weights())
 
-    return _clone(model, make_layer)
+    return _clone(model, make_layer, compiled=False)
 
 
 # -- training glue --------------------------------------------------------------------------
@@ -516,7 +525,7 @@ def sparsity_report(model):
     for layer, prefix in _walk(model):
         if isinstance(layer, PruningWrapper):
             pairs = [
-                (w, np.asarray(w.numpy()) * np.asarray(m.numpy(), dtype=w.dtype), True)
+                (w, np.where(np.asarray(m.numpy()) != 0, np.asarray(w.numpy()), 0), True)
                 for w, m in zip(layer.pruned_weights, layer.masks)
             ]
         elif is_prunable(layer) and not isinstance(layer, keras.Model) and layer.built:

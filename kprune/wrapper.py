@@ -51,6 +51,15 @@ def exact_value(variable):
         return variable.value
 
 
+def apply_mask(value, mask):
+    """`value` where `mask` is non-zero, exactly 0 elsewhere (also where `value` is NaN or inf).
+
+    A product `value * mask` would leave NaN in pruned positions of a diverged run; pruned
+    weights must stay exactly zero whatever happens to the rest.
+    """
+    return ops.where(ops.not_equal(mask, 0), value, ops.zeros_like(value))
+
+
 @keras.saving.register_keras_serializable(package="kprune")
 class MaskConstraint(keras.constraints.Constraint):
     """Constraint `w -> inner(w) * mask`, re-applied by the optimizer after each update.
@@ -72,7 +81,7 @@ class MaskConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
-        return w * ops.cast(self.mask, w.dtype)
+        return apply_mask(w, self.mask)
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -199,7 +208,7 @@ class PruningWrapper(keras.layers.Wrapper):
         """Multiplies the pruned weights by their masks in place (eager or graph)."""
         for w, m in zip(self.pruned_weights, self.masks):
             value = exact_value(w)
-            w.assign(value * ops.cast(exact_value(m), value.dtype))
+            w.assign(apply_mask(value, exact_value(m)))
 
     # -- forward ----------------------------------------------------------------------------
     def call(self, inputs, *args, training=None, **kwargs):
@@ -385,10 +394,9 @@ class PruningGroup:
                 # Dtypes come from the stored values: inside a mixed-precision call, `v.dtype`
                 # reports the compute dtype (e.g. bfloat16) while the variable holds float32.
                 m.assign(ops.cast(new, exact_value(m).dtype))
-                v.assign(value * ops.cast(new, value.dtype))
+                v.assign(apply_mask(value, new))
                 for s in v_slots:
-                    slot = exact_value(s)
-                    s.assign(slot * ops.cast(new, slot.dtype))
+                    s.assign(apply_mask(exact_value(s), new))
             else:
                 _on_every_replica(strategy, m, _assign_mask, new)
                 for x in (v, *v_slots):
@@ -409,7 +417,7 @@ def _assign_mask(variable, mask):
 
 
 def _multiply_by_mask(variable, mask):
-    return variable.assign(variable * tf.cast(mask, variable.dtype))
+    return variable.assign(tf.where(tf.not_equal(mask, 0), variable, tf.zeros_like(variable)))
 
 
 def _on_every_replica(strategy, variable, fn, mask):

@@ -1,10 +1,15 @@
 """prune / strip / get_masks / set_masks / sparsity_report, and every user error."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 import kprune
+from kprune import training
 from kprune.schedules import ConstantSparsity, LinearSparsity
 
 
@@ -243,3 +248,45 @@ def test_tf_keras_style_object_is_named():
     FakeLegacy.__module__ = "tf_keras.src.engine.training"
     with pytest.raises(TypeError, match="tf_keras"):
         kprune.prune(FakeLegacy(), ConstantSparsity(0.5))
+
+
+def test_prune_and_strip_return_uncompiled_copies_that_load_without_kprune(tmp_path):
+    model = small_cnn()
+    model.compile("sgd", "mse")
+    pruned = kprune.prune(model, ConstantSparsity(0.5))
+    assert not pruned.compiled and model.compiled
+    pruned.compile(training.make_optimizer(training.TrainConfig(), 10), "mse")
+    stripped = kprune.strip(pruned)
+    assert not stripped.compiled and pruned.compiled
+    stripped.save(tmp_path / "plain.keras")
+    # A fresh interpreter that never imports kprune loads it.
+    code = (
+        "import sys, keras; m = keras.models.load_model(sys.argv[1]); "
+        "assert not any(k.startswith('kprune') for k in sys.modules); print(m.count_params())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "plain.keras")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": "", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == stripped.count_params()
+
+
+def test_pruned_positions_stay_zero_even_when_weights_are_nan():
+    model = kprune.prune(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")]), None
+    )
+    mask = np.ones((4, 3), "float32")
+    mask[0] = 0
+    kprune.set_masks(model, {"fc/kernel": mask})
+    kernel = model.get_layer("fc").layer.kernel
+    kernel.assign(np.full((4, 3), np.nan, "float32"))
+    kprune.apply_masks(model)
+    assert np.all(kernel.numpy()[0] == 0.0) and np.all(np.isnan(kernel.numpy()[1:]))
+    report = kprune.sparsity_report(model)["pruned"]
+    assert report["total"] - report["nonzero"] == 3
+    assert np.all(kprune.strip(model).get_layer("fc").kernel.numpy()[0] == 0.0)
