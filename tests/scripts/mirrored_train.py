@@ -1,11 +1,12 @@
 """`python -m kprune.train --strategy=mirrored` on 2 logical CPU devices, against one device.
 
 Run as a subprocess by tests/test_distribute.py (logical devices must be configured before
-TensorFlow initializes) with the methods to compare as arguments (linear, snip, lth). For each
-method it runs the command line twice in this process, `--strategy=mirrored` (2 replicas) and
-`--strategy=default` (1 device), with the same seed and global batch, and prints one JSON line:
-what results.json says about the distribution, whether the final masks (the zeros of the
-stripped kernels; for lth every round's saved masks) are equal, and the zero counts.
+TensorFlow initializes) with the methods to compare as arguments (linear, snip, lth,
+linear_float16). For each it runs the command line twice in this process,
+`--strategy=mirrored` (2 replicas) and `--strategy=default` (1 device), with the same seed and
+global batch, and prints one JSON line: what results.json says about the distribution, whether
+the final masks (the zeros of the stripped kernels; for lth every round's saved masks) are
+equal, how many entries differ, and the zero counts.
 """
 
 import json
@@ -28,11 +29,13 @@ from kprune import train  # noqa: E402
 
 # Global batch 64 splits evenly over 2 replicas, and so does the last batch of an epoch
 # (1438 = 22 * 64 + 30): every step is the same computation as on one device.
-COMMON = ["--batch_size=64", "--seed=5", "--progress=none", "--lr=0.05"]
+COMMON = ["--batch_size=64", "--seed=5", "--progress=none", "--lr=0.05", "--noeval_every_epoch"]
 METHOD_FLAGS = {
     "linear": ["--method=linear", "--epochs=2", "--target_sparsity=0.9"],
     "snip": ["--method=snip", "--epochs=1", "--target_sparsity=0.95"],
     "lth": ["--method=lth", "--epochs=1", "--lth_rounds=2", "--lth_rate=0.5"],
+    # Loss scaling (LossScaleOptimizer) under MirroredStrategy, float16 compute.
+    "linear_float16": ["--method=linear", "--epochs=1", "--mixed_precision=float16"],
 }
 
 
@@ -73,13 +76,16 @@ def compare(method, root):
         "equal_to_single_device": all(
             np.array_equal(zeros["mirrored"][k], zeros["default"][k]) for k in zeros["default"]
         ),
+        "mask_differences": int(
+            sum(np.sum(zeros["mirrored"][k] != zeros["default"][k]) for k in zeros["default"])
+        ),
         "zeros": {k: int(v.sum()) for k, v in zeros["mirrored"].items()},
         "total_steps": {s: r["total_steps"] for s, r in results.items()},
         "global_sparsity": results["mirrored"]["global_sparsity"],
     }
     if method == "lth":
         masks = {s: round_masks(d) for s, d in runs.items()}
-        out["rounds_compared"] = len(masks["default"])
+        out["masks_compared"] = len(masks["default"])
         out["round_masks_equal"] = sorted(masks["mirrored"]) == sorted(masks["default"]) and all(
             np.array_equal(masks["mirrored"][k], masks["default"][k]) for k in masks["default"]
         )
