@@ -243,3 +243,30 @@ def test_two_worker_run_matches_one_process(tmp_path):
     for layer, mask in expected.items():
         np.testing.assert_array_equal(zeros["chief"][layer], zeros["worker"][layer])
         np.testing.assert_array_equal(zeros["chief"][layer], mask)
+
+
+def test_bench_distributed_quick_times_both_replica_counts(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(
+        [sys.executable, "tools/bench_distributed.py", "--quick", f"--json={out}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    settings = report["settings"]
+    assert settings["replica_devices"]["2"] == ["/device:CPU:0", "/device:CPU:1"]
+    assert settings["global_batch"] == 64 and report["versions"]["keras"] == keras.__version__
+    result = report["models"]["lenet300"]
+    assert set(result["replicas"]) == {"1", "2"}
+    for row in result["replicas"].values():
+        assert row["dense_ms"] > 0 and row["pruned_ms"] > 0 and row["update_step_ms"] > 0
+        assert row["dense_images_per_s"] == pytest.approx(64 / (row["dense_ms"] / 1000))
+        ratio = row["pruned_over_dense"]
+        assert ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert "dense_2_over_1" in result and "pruned_2_over_1" in result
+    assert "lenet300" in done.stdout and "pruned/dense" in done.stdout
