@@ -33,6 +33,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -319,9 +320,11 @@ class _Backup(keras.callbacks.BackupAndRestore):
 
     Keras restores in `on_train_begin`, when `fit` already holds its dataset; kprune's training
     stream must begin with the restored epoch, so `restore()` runs the same restore first and
-    returns the epoch to resume at. Backups are written after every epoch, keeping the previous
-    one too (`double_checkpoint`): a process killed while writing a backup resumes from the
-    previous one. A run killed mid-epoch loses that epoch's progress and redoes it.
+    returns the epoch to resume at. Backups are written after every epoch (weights file, then
+    epoch file), keeping the previous pair too (`double_checkpoint`): a process killed while
+    writing the weights resumes from the previous pair (Keras falls back when the weights do not
+    load); one killed between the two writes is caught by its step counter, which is then ahead
+    of the recorded epoch. A run killed mid-epoch loses that epoch's progress and redoes it.
     """
 
     def __init__(self, backup_dir):
@@ -330,15 +333,41 @@ class _Backup(keras.callbacks.BackupAndRestore):
         )
         self._restored = False
 
-    def restore(self, model):
-        """Loads the latest backup (if any) into `model`; returns the epoch to start at."""
-        self.set_model(model)
-        super().on_train_begin()  # loads weights and optimizer state, falls back to the previous
-        self._restored = True
+    def _saved_epoch(self):
         if not os.path.exists(self._training_metadata_path):
             return 0
         with open(self._training_metadata_path) as f:
             return int(json.load(f)["epoch"])
+
+    def restore(self, model, steps_per_epoch):
+        """Loads the latest backup (if any) into `model`; returns the epoch to start at."""
+        self.set_model(model)
+        super().on_train_begin()  # loads weights and optimizer state, falls back to the previous
+        self._restored = True
+        epoch = self._saved_epoch()
+        steps = int(model.optimizer.iterations.numpy())
+        if steps <= epoch * steps_per_epoch:  # consistent (fewer: loss-scaling skipped steps)
+            return epoch
+        # The weights were written after the epoch file: the weights belong to a later epoch.
+        if steps % steps_per_epoch == 0:  # no skipped step: that epoch is known
+            epoch = steps // steps_per_epoch
+            with open(self._training_metadata_path, "w") as f:  # repair the backup
+                json.dump({"epoch": epoch, "batch": 0}, f)
+            model._initial_epoch = epoch  # where Keras' restore left the (stale) epoch for fit
+            return epoch
+        if not os.path.exists(self._prev_weights_path):
+            raise RuntimeError(
+                f"The backup in {self.backup_dir} is inconsistent (optimizer step {steps}, "
+                f"epoch {epoch} of {steps_per_epoch} steps) and has no previous backup to fall "
+                "back to. Delete the directory to start the run again."
+            )
+        for previous, current in (
+            (self._prev_weights_path, self._weights_path),
+            (self._prev_training_metadata_path, self._training_metadata_path),
+        ):
+            shutil.copyfile(previous, current)
+        super().on_train_begin()
+        return self._saved_epoch()
 
     def on_train_begin(self, logs=None):
         if not self._restored:
@@ -429,7 +458,7 @@ def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose
         if run_dir is not None:
             run_dir = os.fspath(run_dir)
             backup = _Backup(os.path.join(run_dir, "checkpoints"))
-            first_epoch = backup.restore(model)
+            first_epoch = backup.restore(model, data.steps_per_epoch)
             epoch_history = _EpochHistory(Path(run_dir) / "history.json", first_epoch)
             all_callbacks.append(
                 keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False)

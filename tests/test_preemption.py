@@ -136,13 +136,14 @@ class StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_a_corrupt_backup_falls_back_to_the_previous_one(tmp_path):
-    """A process killed while writing its backup resumes from the backup before it."""
+@pytest.mark.parametrize("damage", ["weights_cut_short", "epoch_not_written"])
+def test_a_backup_interrupted_while_written_still_resumes_exactly(damage, tmp_path):
+    """A process killed while writing its backup resumes from a consistent state."""
     config = training.TrainConfig(epochs=3, learning_rate=0.05, lr_schedule="cosine")
 
     def run(run_dir, callbacks=()):
         keras.utils.set_random_seed(4)
-        digits = data.load_dataset("digits", batch_size=128, seed=4)
+        digits = data.load_dataset("digits", batch_size=128, seed=4)  # 12 steps per epoch
         base = models.lenet300_100(digits.input_shape, digits.num_classes)
         schedule = kprune.LinearSparsity(0.0, 0.8, begin_step=0, end_step=30, frequency=3)
         model = kprune.prune(base, schedule, scope="global")
@@ -153,11 +154,18 @@ def test_a_corrupt_backup_falls_back_to_the_previous_one(tmp_path):
     reference, expected = run(tmp_path / "reference")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "run", callbacks=[StopAfter(1)])  # backups after epochs 1 and 2
-    latest = tmp_path / "run" / "checkpoints" / "latest.weights.h5"
-    latest.write_bytes(latest.read_bytes()[:1000])  # a write cut short
+    backup = tmp_path / "run" / "checkpoints"
+    if damage == "weights_cut_short":  # killed while writing the weights after epoch 2
+        latest = backup / "latest.weights.h5"
+        latest.write_bytes(latest.read_bytes()[:1000])
+        resumes_at = 1  # from the previous backup
+    else:  # killed after writing the weights of epoch 2, before writing its epoch
+        (backup / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+        resumes_at = 2  # the weights' step counter (24) says which epoch they ended
     resumed_model, resumed = run(tmp_path / "run")
-    assert resumed["resumed_at_epoch"] == 1  # the previous backup: after the first epoch
-    assert resumed["epochs_run"] == 2 and resumed["total_steps"] == expected["total_steps"] == 36
+    assert resumed["resumed_at_epoch"] == resumes_at
+    assert resumed["epochs_run"] == 3 - resumes_at
+    assert resumed["total_steps"] == expected["total_steps"] == 36
     masks, expected_masks = kprune.get_masks(resumed_model), kprune.get_masks(reference)
     for path, mask in expected_masks.items():
         np.testing.assert_array_equal(masks[path], mask, err_msg=path)
