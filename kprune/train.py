@@ -1083,6 +1083,11 @@ def _distribution_lines(ctx):
         + ("s" if replicas > 1 else "")
         + (f" on {info['workers']} workers" if info["workers"] > 1 else "")
         + f" ({devices}); global batch {config.batch_size} = {split}"
+        + (
+            "; only one device is visible, so there is no data parallelism"
+            if config.strategy == "mirrored" and replicas == 1
+            else ""
+        )
     ]
 
 

@@ -126,6 +126,10 @@ def test_dry_run_reports_the_strategy(tmp_path, capsys, monkeypatch):
     assert train.cli([*args, "--strategy=default"]) == 0
     out = capsys.readouterr().out
     assert "distribute default: default, 1 replica (CPU:0); global batch 64 = 64 per replica" in out
+    assert train.cli([*args, "--strategy=mirrored"]) == 0  # this process has one CPU device
+    out = capsys.readouterr().out
+    assert "distribute mirrored: MirroredStrategy, 1 replica (CPU:0)" in out
+    assert "only one device is visible, so there is no data parallelism" in out
     # A multi-worker dry run reads TF_CONFIG but joins no cluster; a worker writes elsewhere.
     monkeypatch.setenv("TF_CONFIG", tf_config([20001, 20002], 1))
     assert train.cli([*args, "--strategy=multi_worker"]) == 0

@@ -354,13 +354,14 @@ def _training_pipelines(x, y, batch_size, seed, finish):
     stream from epoch `e` on is the same in every process, whatever TensorFlow's global seed.
     """
     size = len(x)
+    # One copy of the split in memory, shared by both pipelines (the stream gathers by index).
+    images, labels = tf.constant(x), tf.constant(y)
     train = finish(
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .cache()
-        .shuffle(size, seed=seed, reshuffle_each_iteration=True),
+        tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(
+            size, seed=seed, reshuffle_each_iteration=True
+        ),
         tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2),
     )
-    images, labels = tf.constant(x), tf.constant(y)  # read by index (gather) in the stream
 
     def one_epoch(epoch):
         pair = tf.stack([tf.constant(seed, tf.int64), epoch])
