@@ -6,7 +6,8 @@ linear_float16). For each it runs the command line twice in this process,
 `--strategy=mirrored` (2 replicas) and `--strategy=default` (1 device), with the same seed and
 global batch, and prints one JSON line: what results.json says about the distribution, whether
 the final masks (the zeros of the stripped kernels; for lth every round's saved masks) are
-equal, how many entries differ, and the zero counts.
+equal, how many entries differ, and the zero counts; and whether
+`kprune.distribute.ReplicaMaskCheck` notices a mask changed on one replica only.
 """
 
 import json
@@ -25,7 +26,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kprune import train  # noqa: E402
+import kprune  # noqa: E402
+from kprune import distribute, train  # noqa: E402
 
 # Global batch 64 splits evenly over 2 replicas, and so does the last batch of an epoch
 # (1438 = 22 * 64 + 30): every step is the same computation as on one device.
@@ -92,9 +94,33 @@ def compare(method, root):
     return out
 
 
+def tampered_check():
+    """Whether the replica check notices a mask that differs on one replica."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")])
+        model = kprune.prune(base, kprune.ConstantSparsity(0.5))
+    mask = kprune.pruning_wrappers(model)[0].masks[0]
+    before = distribute.masks_identical_across_replicas(model)
+    strategy.experimental_local_results(mask.value)[1].assign(tf.zeros((4, 3)))
+    check = distribute.ReplicaMaskCheck()
+    check.set_model(model)
+    try:
+        check.on_train_end()
+        raised = False
+    except RuntimeError:
+        raised = True
+    return {
+        "identical_before": before,
+        "identical_after": distribute.masks_identical_across_replicas(model),
+        "check_raised": raised,
+    }
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         out = {m: compare(m, Path(tmp)) for m in sys.argv[1:] or list(METHOD_FLAGS)}
+    out["tampered"] = tampered_check()
     print(json.dumps(out))
 
 
