@@ -652,16 +652,20 @@ def train_at_init(
     ...     saliency_data=saliency_batches(data.train, 1))  # doctest: +SKIP
     """
     start = time.perf_counter()
-    pruned = prune_at_init(
-        model,
-        saliency_data,
-        method=method,
-        sparsity=sparsity,
-        batches=batches,
-        scope=scope,
-        exclude=list(exclude or ()),
-        **method_options,
-    )
+    # Under a tf.distribute strategy the scores are computed once, in cross-replica context, on
+    # the whole (global) scoring batch -- the all-reduced score by construction -- and the
+    # chosen masks are assigned to every replica of the pruned copy made in the same scope.
+    with model.distribute_strategy.scope():
+        pruned = prune_at_init(
+            model,
+            saliency_data,
+            method=method,
+            sparsity=sparsity,
+            batches=batches,
+            scope=scope,
+            exclude=list(exclude or ()),
+            **method_options,
+        )
     saliency_seconds = time.perf_counter() - start
     results = fit_and_evaluate(
         pruned, data, training, run_dir=run_dir, callbacks=callbacks, verbose=verbose

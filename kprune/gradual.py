@@ -278,9 +278,13 @@ def train_gradual(
             raise ValueError(f"`exclude` only applies to pruning methods. Received: {exclude}")
         trained = model
     else:
-        trained = prune(model, schedule, scope=scope, exclude=list(exclude), criterion=criterion)
-        if initial_masks:
-            set_masks(trained, initial_masks)
+        # The pruned copy (wrappers, masks) lives under the strategy the model was built under.
+        with model.distribute_strategy.scope():
+            trained = prune(
+                model, schedule, scope=scope, exclude=list(exclude), criterion=criterion
+            )
+            if initial_masks:
+                set_masks(trained, initial_masks)
     results = fit_and_evaluate(
         trained, data, training, run_dir=run_dir, callbacks=callbacks, verbose=verbose
     )

@@ -58,6 +58,7 @@ from kprune.api import (
     set_masks,
     sparsity_report,
 )
+from kprune.distribute import strategy_scope
 from kprune.masking import prune_lowest
 from kprune.wrapper import PruningWrapper, exact_value
 
@@ -503,80 +504,83 @@ def run_lottery(
     if callbacks is not None and not callable(callbacks):
         callbacks = list(callbacks)
 
-    pruned = prune(model, None, scope="global", exclude=exclude)
-    if prepare is not None:
-        prepare(pruned)
-    entries = _pruned_entries(pruned)
-    num_prunable = int(sum(int(np.prod(w.shape)) for _, w, _ in entries))
-    kept = kept_counts(num_prunable, rate, rounds, rounding)
+    # Under a tf.distribute strategy, the pruned copy, every round's optimizer and all
+    # loading and masking happen in the scope of the strategy the model was built under.
+    with strategy_scope(model):
+        pruned = prune(model, None, scope="global", exclude=exclude)
+        if prepare is not None:
+            prepare(pruned)
+        entries = _pruned_entries(pruned)
+        num_prunable = int(sum(int(np.prod(w.shape)) for _, w, _ in entries))
+        kept = kept_counts(num_prunable, rate, rounds, rounding)
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "rate": rate,
-        "rewind_step": rewind_step,
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "reset_optimizer": bool(reset_optimizer),
-        "rounding": rounding,
-        "exclude": sorted(set([exclude] if isinstance(exclude, str) else (exclude or ()))),
-        "pruned_variables": {path: [int(d) for d in w.shape] for path, w, _ in entries},
-    }
-    _check_settings(run_dir, settings)
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "rate": rate,
+            "rewind_step": rewind_step,
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "reset_optimizer": bool(reset_optimizer),
+            "rounding": rounding,
+            "exclude": sorted(set([exclude] if isinstance(exclude, str) else (exclude or ()))),
+            "pruned_variables": {path: [int(d) for d in w.shape] for path, w, _ in entries},
+        }
+        _check_settings(run_dir, settings)
 
-    init_path = run_dir / INIT_WEIGHTS
-    if init_path.exists():
-        _load_weights(pruned, init_path)
-    else:
-        tmp = run_dir / f".init-tmp.{INIT_WEIGHTS}"
-        _save_weights(pruned, tmp)
-        os.replace(tmp, init_path)
+        init_path = run_dir / INIT_WEIGHTS
+        if init_path.exists():
+            _load_weights(pruned, init_path)
+        else:
+            tmp = run_dir / f".init-tmp.{INIT_WEIGHTS}"
+            _save_weights(pruned, tmp)
+            os.replace(tmp, init_path)
 
-    rows = []
-    ran_last = False
-    for r in range(rounds + 1):
-        round_dir = run_dir / round_dir_name(r)
-        if (round_dir / ROUND_METRICS).exists():
-            rows.append(json.loads((round_dir / ROUND_METRICS).read_text()))
-            continue
-        round_callbacks = callbacks(r) if callable(callbacks) else callbacks
-        row = _run_round(
-            pruned,
-            r,
-            run_dir,
-            train_data=train_data,
-            test_data=test_data,
-            make_optimizer=make_optimizer,
-            loss=loss,
-            metrics=list(metrics) if metrics else None,
-            compile_kwargs=compile_kwargs,
-            keep=kept[r],
-            rewind_step=rewind_step,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            reset_optimizer=bool(reset_optimizer),
-            callbacks=list(round_callbacks or []),
-            verbose=verbose,
-        )
-        rows.append(row)
-        ran_last = r == rounds
-        if verbose:
-            acc = row["test_accuracy"]
-            print(
-                f"[kprune.lottery] round {r}: sparsity {row['global_sparsity']:.4f}, "
-                f"test accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
-                f"{row['steps']} steps, {row['wall_time_s']:.1f} s"
+        rows = []
+        ran_last = False
+        for r in range(rounds + 1):
+            round_dir = run_dir / round_dir_name(r)
+            if (round_dir / ROUND_METRICS).exists():
+                rows.append(json.loads((round_dir / ROUND_METRICS).read_text()))
+                continue
+            round_callbacks = callbacks(r) if callable(callbacks) else callbacks
+            row = _run_round(
+                pruned,
+                r,
+                run_dir,
+                train_data=train_data,
+                test_data=test_data,
+                make_optimizer=make_optimizer,
+                loss=loss,
+                metrics=list(metrics) if metrics else None,
+                compile_kwargs=compile_kwargs,
+                keep=kept[r],
+                rewind_step=rewind_step,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                reset_optimizer=bool(reset_optimizer),
+                callbacks=list(round_callbacks or []),
+                verbose=verbose,
             )
-        _write_json(run_dir / RESULTS_FILE, _results(settings, rows, rounds, num_prunable))
+            rows.append(row)
+            ran_last = r == rounds
+            if verbose:
+                acc = row["test_accuracy"]
+                print(
+                    f"[kprune.lottery] round {r}: sparsity {row['global_sparsity']:.4f}, "
+                    f"test accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
+                    f"{row['steps']} steps, {row['wall_time_s']:.1f} s"
+                )
+            _write_json(run_dir / RESULTS_FILE, _results(settings, rows, rounds, num_prunable))
 
-    if not ran_last:  # everything was already on disk: put the last round into the model
-        _load_weights(pruned, run_dir / round_dir_name(rounds) / ROUND_WEIGHTS)
-    tmp = run_dir / f".final-tmp.{FINAL_MODEL}"
-    pruned.save(tmp)
-    os.replace(tmp, run_dir / FINAL_MODEL)
-    results = _results(settings, rows, rounds, num_prunable)
-    _write_json(run_dir / RESULTS_FILE, results)
-    return results
+        if not ran_last:  # everything was already on disk: put the last round into the model
+            _load_weights(pruned, run_dir / round_dir_name(rounds) / ROUND_WEIGHTS)
+        tmp = run_dir / f".final-tmp.{FINAL_MODEL}"
+        pruned.save(tmp)
+        os.replace(tmp, run_dir / FINAL_MODEL)
+        results = _results(settings, rows, rounds, num_prunable)
+        _write_json(run_dir / RESULTS_FILE, results)
+        return results
 
 
 def _check_settings(run_dir, settings):

@@ -12,6 +12,7 @@ Flags, by group (--helpfull lists them all with their defaults and bounds):
   training       --epochs --batch_size --optimizer --momentum --nesterov --lr --lr_schedule
                  --lr_decay_epochs --lr_decay_factor --lr_warmup_epochs --weight_decay
                  --label_smoothing --seed --mixed_precision --eval_every_epoch
+  distribution   --strategy --tpu
   output         --model_dir --overwrite --export --export_quantize --dry_run --progress
 
 Flags given on the command line override those of a --flagfile (absl reads them in order).
@@ -22,6 +23,8 @@ dataset) exits with status 2 before anything is written.
 Outputs go to --model_dir (default saved_models/<model>-<dataset>-<method>-<sparsity>):
 run.flags, logs/ (TensorBoard), checkpoints/ (resume: run again with the same flags),
 model.keras (pruned and stripped), results.json, export/ (with --export).
+With --strategy=multi_worker the chief writes --model_dir and every other worker the same files
+to <model_dir>.<task>_<index> (e.g. run.worker_1), from which it resumes.
 """
 
 from __future__ import annotations
@@ -255,6 +258,24 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_bool("eval_every_epoch", True, "Evaluate on the test split after every epoch.")
 
+# Distribution (kprune.distribute).
+STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+flags.DEFINE_enum(
+    "strategy",
+    "auto",
+    STRATEGY_NAMES,
+    "tf.distribute strategy. auto: MirroredStrategy over all GPUs when there are two or more, "
+    "else default (one device); mirrored: all GPUs, or all logical CPU devices without GPUs; "
+    "multi_worker: MultiWorkerMirroredStrategy, cluster from the TF_CONFIG environment "
+    "variable; tpu: TPUStrategy (see --tpu). --batch_size is the global batch, split across "
+    "replicas.",
+)
+flags.DEFINE_string(
+    "tpu",
+    None,
+    "--strategy=tpu: TPU name, grpc:// address, or 'local' on a TPU VM (default: $TPU_NAME).",
+)
+
 # Output.
 flags.DEFINE_string(
     "model_dir",
@@ -323,7 +344,18 @@ flags.register_validator(
 FLAGS = flags.FLAGS
 # Flags that do not change what a run computes: left out of run.flags (so that it can be reused
 # as a --flagfile) and free to differ when an unfinished run is resumed.
-_VOLATILE_FLAGS = ("model_dir", "dry_run", "progress", "overwrite", "export", "export_quantize")
+# The strategy is among them: where a run computes, not what (a run preempted on one machine may
+# resume on another).
+_VOLATILE_FLAGS = (
+    "model_dir",
+    "dry_run",
+    "progress",
+    "overwrite",
+    "export",
+    "export_quantize",
+    "strategy",
+    "tpu",
+)
 
 
 def _our_flag_names():
@@ -366,6 +398,8 @@ class RunConfig:
     seed: int
     mixed_precision: str
     training: object
+    strategy: str
+    tpu: str | None
     model_dir: str | None
     overwrite: bool
     export: tuple
@@ -465,6 +499,8 @@ def config_from_flags(values=FLAGS):
         seed=values.seed,
         mixed_precision=values.mixed_precision,
         training=training,
+        strategy=values.strategy,
+        tpu=values.tpu,
         model_dir=values.model_dir,
         overwrite=values.overwrite,
         export=tuple(values.export),
@@ -495,6 +531,8 @@ class RunContext:
     steps_per_epoch: int
     data: object = None  # kprune.data.Dataset
     run_dir: pathlib.Path | None = None
+    strategy: object = None  # tf.distribute.Strategy the model was built under (None: dry run)
+    distribution: dict | None = None  # kprune.distribute.describe_strategy(strategy) and more
 
     @property
     def total_steps(self):
@@ -780,6 +818,7 @@ def _run_lth(ctx):
     import keras
 
     from kprune.api import sparsity_report, strip
+    from kprune.distribute import ReplicaMaskCheck
     from kprune.lottery import FINAL_MODEL, run_lottery
     from kprune.training import apply_weight_decay, make_loss, make_optimizer
 
@@ -787,12 +826,21 @@ def _run_lth(ctx):
     training = ctx.config.training
     lottery_dir = ctx.run_dir / "lottery"
 
+    checks = []
+
     def per_round(r):
-        return [keras.callbacks.TensorBoard(str(ctx.run_dir / "logs" / f"round_{r:02d}"))]
+        round_callbacks = [
+            keras.callbacks.TensorBoard(str(ctx.run_dir / "logs" / f"round_{r:02d}"))
+        ]
+        if ctx.strategy.num_replicas_in_sync > 1:
+            checks.append(ReplicaMaskCheck())
+            round_callbacks.append(checks[-1])
+        return round_callbacks
 
     results = run_lottery(
         ctx.model,
-        ctx.data.train,
+        # Every round (and a resumed round) replays round 0's batches step for step.
+        ctx.data.train_epochs(0),
         make_optimizer=lambda: make_optimizer(training, ctx.steps_per_epoch),
         loss=make_loss(training),
         rounds=rounds,
@@ -810,6 +858,8 @@ def _run_lth(ctx):
     pruned = keras.models.load_model(lottery_dir / FINAL_MODEL)
     last = results["rounds"][-1]
     results.update(
+        replicas=int(ctx.strategy.num_replicas_in_sync),
+        masks_identical_across_replicas=all(c.identical for c in checks) if checks else None,
         test_accuracy=results["final_test_accuracy"],
         test_loss=last.get("test_loss"),
         sparsity=sparsity_report(pruned),
@@ -986,6 +1036,7 @@ def _describe(ctx, prunable_rows):
         + (f", warm-up {training.lr_warmup_epochs:g} epochs" if training.lr_warmup_epochs else "")
         + f"), weight decay {training.weight_decay:g}, label smoothing "
         f"{training.label_smoothing:g}, mixed precision {config.mixed_precision}",
+        *_distribution_lines(ctx),
         f"method    {config.method}: {METHODS[config.method].summary}"
         + (f", target sparsity {config.target_sparsity:g}" if config.method != "dense" else ""),
     ]
@@ -1005,6 +1056,41 @@ def _describe(ctx, prunable_rows):
     return lines
 
 
+def _distribution_lines(ctx):
+    config = ctx.config
+    if ctx.strategy is None:  # a dry run does not join a cluster or connect to a TPU
+        if config.strategy == "multi_worker":
+            from kprune.distribute import cluster_task
+
+            task = cluster_task()
+            return [
+                f"distribute multi_worker: MultiWorkerMirroredStrategy over {task.workers} "
+                f"workers from TF_CONFIG, this process {task.name}"
+                + (" (chief)" if task.is_chief else f", writing to {config.run_dir}")
+                + f"; global batch {config.batch_size}; not connected in a dry run"
+            ]
+        return [
+            f"distribute tpu: TPUStrategy on {config.tpu or '$TPU_NAME'}; global batch "
+            f"{config.batch_size}; not connected in a dry run"
+        ]
+    info = ctx.distribution
+    replicas = info["replicas"]
+    share, extra = divmod(config.batch_size, replicas)
+    split = f"{share} per replica" if not extra else f"{share}-{share + 1} per replica, uneven"
+    devices = ", ".join(d.split("device:")[-1] for d in info["devices"])
+    return [
+        f"distribute {config.strategy}: {info['strategy']}, {replicas} replica"
+        + ("s" if replicas > 1 else "")
+        + (f" on {info['workers']} workers" if info["workers"] > 1 else "")
+        + f" ({devices}); global batch {config.batch_size} = {split}"
+        + (
+            "; only one device is visible, so there is no data parallelism"
+            if config.strategy == "mirrored" and replicas == 1
+            else ""
+        )
+    ]
+
+
 def _prunable_rows(config, model):
     from kprune.api import sparsity_report
 
@@ -1021,6 +1107,13 @@ def _prunable_rows(config, model):
     return rows
 
 
+def _replicas_note(results):
+    info = results.get("distribution") or {}
+    if info.get("replicas", 1) < 2:
+        return ""
+    return f" on {info['replicas']} replicas, {info['strategy']}"
+
+
 def _summary_paragraph(config, results, run_dir):
     steps = results["total_steps"]
     what = (
@@ -1031,7 +1124,8 @@ def _summary_paragraph(config, results, run_dir):
     )
     return (
         f"Trained {config.model} on {config.dataset} {what} for {config.training.epochs} epochs "
-        f"({steps} steps) in {results['wall_time_s']:.0f} s. Test accuracy "
+        f"({steps} steps{_replicas_note(results)}) in {results['wall_time_s']:.0f} s. "
+        "Test accuracy "
         f"{results['test_accuracy']:.4f}"
         + (
             f" (best epoch {results['best_test_accuracy']:.4f})"
@@ -1045,11 +1139,34 @@ def _summary_paragraph(config, results, run_dir):
     )
 
 
-def _prepare(config):
+def _distribution(config):
+    """`(config, strategy)`: creates the strategy (first: multi_worker and tpu insist on it).
+
+    A non-chief worker of a multi-worker run gets its own run directory,
+    `<model_dir>.<task>_<index>`; the chief writes --model_dir. A dry run creates no
+    multi_worker or tpu strategy (strategy None): it would join the cluster or connect the TPU.
+    """
+    from kprune import distribute
+
+    try:
+        if config.strategy == "multi_worker":
+            task = distribute.cluster_task()
+            if not task.is_chief:
+                config = dataclasses.replace(config, model_dir=f"{config.run_dir}.{task.name}")
+        if config.dry_run and config.strategy in ("multi_worker", "tpu"):
+            return config, None
+        return config, distribute.make_strategy(config.strategy, tpu=config.tpu)
+    except ValueError as err:
+        raise UsageError(f"--strategy={config.strategy}: {err}") from err
+
+
+def _prepare(config, strategy):
     """Every check, before anything is written: returns what `_execute` needs."""
     import keras
+    import tensorflow as tf
 
     from kprune import data as data_lib
+    from kprune.distribute import describe_strategy
     from kprune.models import build_model
 
     _check_method(config)
@@ -1066,8 +1183,12 @@ def _prepare(config):
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision != "off":
         keras.mixed_precision.set_dtype_policy(f"mixed_{config.mixed_precision}")
-    model = build_model(config.model, info.input_shape, info.num_classes)
-    ctx = RunContext(config, info, model, steps_per_epoch)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = build_model(config.model, info.input_shape, info.num_classes)
+    ctx = RunContext(config, info, model, steps_per_epoch, strategy=strategy)
+    if strategy is not None:
+        ctx.distribution = {"name": config.strategy, **describe_strategy(strategy)}
+        ctx.distribution["global_batch_size"] = config.batch_size
     plan_lines = _describe(ctx, _prunable_rows(config, model))
     if not config.dry_run:
         ctx.data = data_lib.load_dataset(
@@ -1088,6 +1209,7 @@ def _prepare(config):
 def _execute(ctx, plan_lines, state, export_fn):
     """Trains (input is valid): creates the run directory and writes every output."""
     from kprune.api import sparsity_report
+    from kprune.distribute import strategy_scope
 
     config = ctx.config
     run_dir = config.run_dir
@@ -1100,7 +1222,9 @@ def _execute(ctx, plan_lines, state, export_fn):
     print("\n".join(plan_lines))
     ctx.run_dir = run_dir
     start = time.perf_counter()
-    stripped, method_results = METHODS[config.method].run(ctx)
+    # Model, masks, optimizer and pruning state are all created in the strategy's scope.
+    with strategy_scope(ctx.strategy):
+        stripped, method_results = METHODS[config.method].run(ctx)
     wall_time = time.perf_counter() - start
 
     model_path = run_dir / "model.keras"
@@ -1109,7 +1233,12 @@ def _execute(ctx, plan_lines, state, export_fn):
     os.replace(tmp_path, model_path)
     parity_error = None
     if export_fn is not None:
+        import keras
+
         from kprune.export import ParityError
+
+        if ctx.distribution["replicas"] > 1:  # export plain variables, not mirrored ones
+            stripped = keras.models.load_model(model_path)
 
         # Calibration (int8) from the training pipeline, parity samples from the test split.
         options = {
@@ -1151,6 +1280,7 @@ def _execute(ctx, plan_lines, state, export_fn):
         "train_size": ctx.info.train_size,
         "test_size": ctx.info.test_size,
         "model_path": str(model_path),
+        "distribution": ctx.distribution,
         **method_results,
         "versions": _versions(),
         "flags": config.flags,
@@ -1180,8 +1310,9 @@ def run(config):
 
     previous_policy = keras.mixed_precision.dtype_policy()
     try:
+        config, strategy = _distribution(config)
         try:
-            prepared = _prepare(config)
+            prepared = _prepare(config, strategy)
         except UsageError:
             raise
         except ValueError as err:  # kprune's own input checks (model, dataset, schedule)

@@ -29,10 +29,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 import os
+import shutil
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -40,6 +43,7 @@ from keras import ops
 
 from kprune.api import pruning_wrappers
 from kprune.callbacks import PruningCallback
+from kprune.distribute import ReplicaMaskCheck, strategy_scope
 
 __all__ = [
     "OPTIMIZERS",
@@ -311,18 +315,117 @@ class _FitTimer(keras.callbacks.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
+class _Backup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that restores *before* `fit`, so the data can start at that epoch.
+
+    Keras restores in `on_train_begin`, when `fit` already holds its dataset; kprune's training
+    stream must begin with the restored epoch, so `restore()` runs the same restore first and
+    returns the epoch to resume at. Backups are written after every epoch (weights file, then
+    epoch file), keeping the previous pair too (`double_checkpoint`): a process killed while
+    writing the weights resumes from the previous pair (Keras falls back when the weights do not
+    load); one killed between the two writes is caught by its step counter, which is then ahead
+    of the recorded epoch. A run killed mid-epoch loses that epoch's progress and redoes it.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(
+            backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=False
+        )
+        self._restored = False
+
+    def _saved_epoch(self):
+        if not os.path.exists(self._training_metadata_path):
+            return 0
+        with open(self._training_metadata_path) as f:
+            return int(json.load(f)["epoch"])
+
+    def restore(self, model, steps_per_epoch):
+        """Loads the latest backup (if any) into `model`; returns the epoch to start at."""
+        self.set_model(model)
+        super().on_train_begin()  # loads weights and optimizer state, falls back to the previous
+        self._restored = True
+        epoch = self._saved_epoch()
+        steps = int(model.optimizer.iterations.numpy())
+        if steps <= epoch * steps_per_epoch:  # consistent (fewer: loss-scaling skipped steps)
+            return epoch
+        # The weights were written after the epoch file: the weights belong to a later epoch.
+        if steps % steps_per_epoch == 0:  # no skipped step: that epoch is known
+            epoch = steps // steps_per_epoch
+            with open(self._training_metadata_path, "w") as f:  # repair the backup
+                json.dump({"epoch": epoch, "batch": 0}, f)
+            model._initial_epoch = epoch  # where Keras' restore left the (stale) epoch for fit
+            return epoch
+        if not os.path.exists(self._prev_weights_path):
+            raise RuntimeError(
+                f"The backup in {self.backup_dir} is inconsistent (optimizer step {steps}, "
+                f"epoch {epoch} of {steps_per_epoch} steps) and has no previous backup to fall "
+                "back to. Delete the directory to start the run again."
+            )
+        for previous, current in (
+            (self._prev_weights_path, self._weights_path),
+            (self._prev_training_metadata_path, self._training_metadata_path),
+        ):
+            shutil.copyfile(previous, current)
+        super().on_train_begin()
+        return self._saved_epoch()
+
+    def on_train_begin(self, logs=None):
+        if not self._restored:
+            super().on_train_begin(logs)
+
+
+class _EpochHistory(keras.callbacks.Callback):
+    """The per-epoch logs of the whole run, across restarts, kept in a JSON file.
+
+    Rows of epochs at or after `first_epoch` (the epoch a resumed run starts with) are dropped:
+    they are trained again. Placed before the backup callback, so a row is on disk before the
+    backup that makes its epoch final.
+    """
+
+    def __init__(self, path, first_epoch):
+        super().__init__()
+        self.path = path
+        rows = json.loads(path.read_text()) if path.exists() else []
+        self.rows = [row for row in rows if row["epoch"] < first_epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": int(epoch)}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        self.rows.append(row)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.rows, indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+    def as_lists(self):
+        """`{metric: [value per epoch]}` like `History.history`, for all epochs of the run."""
+        keys = []
+        for row in self.rows:
+            keys += [k for k in row if k != "epoch" and k not in keys]
+        return {k: [row.get(k) for row in self.rows] for k in keys}
+
+
 def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose=1):
     """Compiles `model`, trains it on `data.train`, evaluates it on `data.test`.
 
     Pruned models (with `PruningWrapper`s) get a `kprune.PruningCallback`. With `run_dir`,
     TensorBoard logs go to `run_dir/logs` (loss, accuracy, learning rate; sparsity under
-    `logs/pruning`) and a resumable checkpoint (weights, optimizer state including the step, and
-    epoch) to `run_dir/checkpoints` after every epoch: running again with the same `run_dir`
-    continues where training stopped.
+    `logs/pruning`), a resumable backup (weights, masks, optimizer state including the step, and
+    epoch) to `run_dir/checkpoints` after every epoch, and the per-epoch metrics to
+    `run_dir/history.json`: running again with the same `run_dir` continues where training
+    stopped, with the epoch that was interrupted.
+
+    Datasets from `kprune.data.load_dataset` are trained through their replayable stream
+    (`data.train_epochs`): the batches of every epoch depend on the seed and the epoch only, so
+    a resumed run trains on exactly the batches of an uninterrupted one and ends with the same
+    masks. Under a `tf.distribute` strategy (the one `model` was built under; see
+    `kprune.distribute`) compiling and training happen in its scope, the batches are global
+    batches split across replicas, and, for pruned models on more than one replica, the masks
+    of all replicas are compared at the end (`kprune.distribute.ReplicaMaskCheck`).
 
     Args:
         model: a built Keras model that outputs logits (pruned or not).
-        data: a `kprune.data.Dataset` (uses `train`, `test`, `steps_per_epoch`).
+        data: a `kprune.data.Dataset` (uses `train` or `train_epochs`, `test`,
+            `steps_per_epoch`).
         config: a `TrainConfig`.
         run_dir: optional output directory.
         callbacks: extra Keras callbacks.
@@ -331,53 +434,76 @@ def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose
     Returns:
         A dict with `test_accuracy`, `test_loss` (cross-entropy plus the weight-decay
         penalty, as Keras reports it), `best_test_accuracy` (None without per-epoch
-        evaluation), `total_steps` (optimizer steps taken), `epochs_run`, `fit_time_s` and
-        `history` (per-epoch metrics of this call).
+        evaluation), `total_steps` (optimizer steps taken), `epochs_run` (in this call),
+        `resumed_at_epoch` (0 for a fresh start), `fit_time_s` (this call), `history`
+        (per-epoch metrics of the whole run), `replicas` and `masks_identical_across_replicas`
+        (None when not checked: one replica or no masks).
 
     Example:
 
     >>> results = fit_and_evaluate(model, data, TrainConfig(epochs=1))  # doctest: +SKIP
     """
-    optimizer = make_optimizer(config, data.steps_per_epoch)
-    apply_weight_decay(model, config.weight_decay)
-    model.compile(
-        optimizer=optimizer,
-        loss=make_loss(config),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    timer = _FitTimer()
-    all_callbacks = []
-    if run_dir is not None:
-        run_dir = os.fspath(run_dir)
-        all_callbacks.append(
-            keras.callbacks.BackupAndRestore(
-                os.path.join(run_dir, "checkpoints"), delete_checkpoint=False
+    strategy = model.distribute_strategy
+    with strategy_scope(strategy):
+        optimizer = make_optimizer(config, data.steps_per_epoch)
+        apply_weight_decay(model, config.weight_decay)
+        model.compile(
+            optimizer=optimizer,
+            loss=make_loss(config),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        timer = _FitTimer()
+        all_callbacks = []
+        first_epoch, epoch_history = 0, None
+        if run_dir is not None:
+            run_dir = os.fspath(run_dir)
+            backup = _Backup(os.path.join(run_dir, "checkpoints"))
+            first_epoch = backup.restore(model, data.steps_per_epoch)
+            epoch_history = _EpochHistory(Path(run_dir) / "history.json", first_epoch)
+            all_callbacks.append(
+                keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False)
             )
+        replica_check = None
+        if pruning_wrappers(model):
+            log_dir = None if run_dir is None else os.path.join(run_dir, "logs")
+            all_callbacks.append(PruningCallback(log_dir=log_dir))
+            if strategy.num_replicas_in_sync > 1:
+                replica_check = ReplicaMaskCheck()
+                all_callbacks.append(replica_check)
+        if run_dir is not None:
+            all_callbacks += [epoch_history, backup]  # the history row first, then the backup
+        all_callbacks += [timer, *callbacks]
+        if getattr(data, "replayable", False):
+            train, steps = data.train_epochs(first_epoch), data.steps_per_epoch
+        else:  # a hand-made dataset: its own (reshuffling) pipeline, one pass per epoch
+            train, steps = data.train, None
+        history = model.fit(
+            train,
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps,
+            validation_data=data.test if config.eval_every_epoch else None,
+            callbacks=all_callbacks,
+            verbose=verbose,
+            shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
         )
-        all_callbacks.append(
-            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False)
-        )
-    if pruning_wrappers(model):
-        log_dir = None if run_dir is None else os.path.join(run_dir, "logs")
-        all_callbacks.append(PruningCallback(log_dir=log_dir))
-    all_callbacks += [timer, *callbacks]
-    history = model.fit(
-        data.train,
-        epochs=config.epochs,
-        validation_data=data.test if config.eval_every_epoch else None,
-        callbacks=all_callbacks,
-        verbose=verbose,
-        shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
-    )
-    evaluation = model.evaluate(data.test, return_dict=True, verbose=0)
-    per_epoch = {key: [float(v) for v in values] for key, values in (history.history or {}).items()}
-    val_accuracy = per_epoch.get("val_accuracy")
+        evaluation = model.evaluate(data.test, return_dict=True, verbose=0)
+    if epoch_history is not None:
+        per_epoch = epoch_history.as_lists()
+    else:
+        per_epoch = {k: [float(v) for v in values] for k, values in (history.history or {}).items()}
+    val_accuracy = [v for v in per_epoch.get("val_accuracy", []) if v is not None]
     return {
         "test_accuracy": float(evaluation["accuracy"]),
         "test_loss": float(evaluation["loss"]),
         "best_test_accuracy": float(np.max(val_accuracy)) if val_accuracy else None,
         "total_steps": int(model.optimizer.iterations.numpy()),
         "epochs_run": len(history.epoch),
+        "resumed_at_epoch": first_epoch,
         "fit_time_s": round(timer.seconds, 3),
         "history": per_epoch,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "masks_identical_across_replicas": None
+        if replica_check is None
+        else replica_check.identical,
     }

@@ -209,3 +209,60 @@ def test_unprepared_tfds_dataset_gives_a_clear_error(tmp_path):
     assert f"data_dir={tmp_path}" in message and "--data_dir" in message
     assert "download_and_prepare()" in message and "--dataset=digits" in message
     assert "Traceback" not in message
+
+
+# -- the replayable epoch stream ----------------------------------------------------------------
+def stream_batches(ds, count):
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(count)]
+
+
+def test_epoch_stream_replays_any_epoch_exactly():
+    d = data.load_dataset("digits", batch_size=500, seed=3)  # 500 + 500 + 438 per epoch
+    assert d.replayable and d.steps_per_epoch == 3
+    three_epochs = stream_batches(d.train_epochs(0), 9)
+    assert [len(y) for _, y in three_epochs] == [500, 500, 438] * 3
+    for first in (1, 2):
+        replay = stream_batches(d.train_epochs(first), 3)
+        for (x, y), (x0, y0) in zip(replay, three_epochs[3 * first : 3 * first + 3]):
+            np.testing.assert_array_equal(x, x0)
+            np.testing.assert_array_equal(y, y0)
+    # Every epoch is a permutation of the training split, in a new order each epoch.
+    x_all, y_all = batches(d.train)
+    labels = [np.concatenate([y for _, y in three_epochs[3 * e : 3 * e + 3]]) for e in range(3)]
+    for e in range(3):
+        np.testing.assert_array_equal(np.sort(labels[e]), np.sort(y_all))
+    assert not np.array_equal(labels[0], labels[1]) and not np.array_equal(labels[1], labels[2])
+    images = np.concatenate([x for x, _ in three_epochs[:3]])
+    assert sorted(i.tobytes() for i in images) == sorted(i.tobytes() for i in x_all)
+
+
+def test_epoch_stream_depends_on_the_seed_only():
+    tf.random.set_seed(123)  # TensorFlow's global seed plays no part
+    first = stream_batches(data.load_dataset("digits", batch_size=700, seed=3).train_epochs(1), 1)
+    tf.random.set_seed(0)
+    again = stream_batches(data.load_dataset("digits", batch_size=700, seed=3).train_epochs(1), 1)
+    other = stream_batches(data.load_dataset("digits", batch_size=700, seed=4).train_epochs(1), 1)
+    np.testing.assert_array_equal(first[0][1], again[0][1])
+    assert not np.array_equal(first[0][1], other[0][1])
+
+
+def test_epoch_stream_replays_augmentation():
+    d = data.load_dataset("digits", batch_size=1438, seed=1, augment=True)
+    (x0, y0), (x1, y1) = stream_batches(d.train_epochs(0), 2)
+    ((x1_again, y1_again),) = stream_batches(d.train_epochs(1), 1)
+    np.testing.assert_array_equal(x1_again, x1)
+    np.testing.assert_array_equal(y1_again, y1)
+    # Crops and flips differ between epochs: the same image is not augmented the same way.
+    by_label_0 = {label: x0[y0 == label].sum() for label in range(10)}
+    by_label_1 = {label: x1[y1 == label].sum() for label in range(10)}
+    assert by_label_0 != by_label_1
+
+
+def test_hand_made_datasets_have_no_epoch_stream():
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 2), "float32"), np.zeros(4, "int32")))
+    d = data.Dataset("toy", (2,), 2, 4, 4, train=ds.batch(2), test=ds.batch(2), batch_size=2)
+    assert not d.replayable
+    with pytest.raises(ValueError, match="assembled by hand"):
+        d.train_epochs(0)
+    with pytest.raises(ValueError, match="first_epoch"):
+        data.load_dataset("digits", batch_size=64).train_epochs(-1)

@@ -70,3 +70,5 @@ def test_readme_block_runs_as_written(name, code, tmp_path):
         assert accuracy >= 0.9, lines[-2]
     if name == "custom-loop":
         assert "'sparsity': 0.79" in out.stdout, out.stdout
+    if name == "distributed":  # one CPU: one replica; 16896 - round(0.9 * 16896) kept
+        assert "1 {'total': 16896, 'nonzero': 1690," in out.stdout, out.stdout  # round(.9 N)

@@ -12,7 +12,11 @@
 Pipelines: the decoded uint8 images are cached in memory, shuffled every epoch (seeded),
 augmented (CIFAR only: zero-pad 4 pixels, random 32x32 crop, random horizontal flip, with
 stateless seeded ops), scaled to [0, 1], normalized per channel (tfds datasets), batched and
-prefetched with `AUTOTUNE`. The test split is neither shuffled nor augmented. `digits` is only
+prefetched with `AUTOTUNE`. The test split is neither shuffled nor augmented. `train` draws a
+new order at every iteration; `train_epochs(e)` is the stream kprune trains on, in which the
+order and augmentation of epoch `e` depend on the seed and `e` only, so a resumed run replays
+the batches of an uninterrupted one. Under a multi-worker strategy every worker reads the same
+stream and takes its share of each global batch (`AutoShardPolicy.DATA`). `digits` is only
 scaled (pixel values 0..16 divided by 16); `npz:` arrays are used as given, except uint8 arrays,
 which are divided by 255.
 
@@ -35,6 +39,7 @@ import dataclasses
 import importlib.resources
 import os
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -131,11 +136,47 @@ class Dataset(DatasetInfo):
     train: tf.data.Dataset = None
     test: tf.data.Dataset = None
     batch_size: int = 0
+    # `epoch_stream(first_epoch)` -> the endless training stream (see `train_epochs`); None for
+    # datasets assembled by hand, whose `train` is all there is.
+    epoch_stream: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def steps_per_epoch(self):
         """Number of training batches per epoch (the last one may be partial)."""
         return -(-self.train_size // self.batch_size)
+
+    @property
+    def replayable(self):
+        """Whether `train_epochs` is available (datasets made by `load_dataset`)."""
+        return self.epoch_stream is not None
+
+    def train_epochs(self, first_epoch=0):
+        """The training batches of epoch `first_epoch`, then the next epochs, without end.
+
+        Epoch `e` is shuffled (and augmented) from `(seed, e)` alone, with stateless seeds, so
+        the stream started at any epoch replays exactly the batches an uninterrupted stream
+        gives from that epoch on: a run resumed at epoch `e` trains on the same data as one that
+        was never stopped. Each epoch has `steps_per_epoch` batches (the last may be partial);
+        train with `model.fit(..., steps_per_epoch=steps_per_epoch, initial_epoch=e)`.
+
+        Raises:
+            ValueError: the dataset was assembled by hand (`replayable` is False).
+
+        Example:
+
+        >>> data = load_dataset("digits", batch_size=512)
+        >>> [int(y[0]) for _, y in data.train_epochs(1).take(3)] == [
+        ...     int(y[0]) for _, y in data.train_epochs(0).skip(3).take(3)]
+        True
+        """
+        if self.epoch_stream is None:
+            raise ValueError(
+                f"Dataset {self.name!r} was assembled by hand and has no replayable epoch "
+                "stream; use its `train` pipeline, or `load_dataset` for one that has."
+            )
+        if isinstance(first_epoch, bool) or not isinstance(first_epoch, int) or first_epoch < 0:
+            raise ValueError(f"`first_epoch` must be an integer >= 0. Received: {first_epoch!r}")
+        return self.epoch_stream(first_epoch)
 
 
 def digits_path():
@@ -286,18 +327,80 @@ test_size=10000)
 
 
 # -- pipelines --------------------------------------------------------------------------------
-def _batched(ds, batch_size, *, shuffle_size=None, seed=0, transform=None):
+def _with_data_sharding(ds):
+    # Multi-worker training: every worker reads the same pipeline and keeps its share of each
+    # global batch, so the batches are those of a single-process run (file-based sharding
+    # would give each worker different files, i.e. other batches).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _batched(ds, batch_size, *, transform=None):
     ds = ds.cache()
-    if shuffle_size:
-        ds = ds.shuffle(shuffle_size, seed=seed, reshuffle_each_iteration=True)
     if transform is not None:
         ds = transform(ds)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return _with_data_sharding(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def _augment_crop_flip(ds, seed, pad=4):
-    """Zero-pad by `pad`, random crop back to size, random left-right flip (stateless, seeded)."""
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+def _training_pipelines(x, y, batch_size, seed, finish):
+    """`(train, epochs)` over the training arrays: a reshuffled epoch per iteration of `train`,
+    and `epochs(first_epoch)`, the replayable endless stream.
+
+    `finish(ds, augmentation_seeds)` augments (if it does), normalizes and batches a dataset of
+    `(image, label)` examples; `augmentation_seeds` is a dataset of one int64 pair per example.
+    The stream orders epoch `e` by a stateless permutation of `(seed, e)` and seeds its
+    augmentation with `(key(seed, e), position)`: no tf.data random state is involved, so the
+    stream from epoch `e` on is the same in every process, whatever TensorFlow's global seed.
+    """
+    size = len(x)
+    # One copy of the split in memory, shared by both pipelines (the stream gathers by index).
+    images, labels = tf.constant(x), tf.constant(y)
+    train = finish(
+        tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(
+            size, seed=seed, reshuffle_each_iteration=True
+        ),
+        tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2),
+    )
+
+    def one_epoch(epoch):
+        pair = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(size, dtype=tf.int64), pair)
+        key = tf.random.stateless_uniform([], pair, minval=0, maxval=2**62, dtype=tf.int64)
+        examples = tf.data.Dataset.from_tensor_slices(order).map(
+            lambda i: (tf.gather(images, i), tf.gather(labels, i)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        seeds = tf.data.Dataset.range(size).map(lambda position: tf.stack([key, position]))
+        return finish(examples, seeds)
+
+    def epochs(first_epoch):
+        stream = tf.data.Dataset.range(first_epoch, _ENDLESS).flat_map(one_epoch)
+        return _with_data_sharding(stream.prefetch(tf.data.AUTOTUNE))
+
+    return _with_data_sharding(train.prefetch(tf.data.AUTOTUNE)), epochs
+
+
+_ENDLESS = 2**62  # epochs of the "endless" stream: fit stops it after epochs * steps_per_epoch
+
+
+def _as_arrays(ds):
+    """`(x, y)` numpy arrays of a dataset of `(image, label)` examples (read once)."""
+    xs, ys = [], []
+    for x, y in ds.batch(4096):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _augment_crop_flip(ds, seed, pad=4, seeds=None):
+    """Zero-pad by `pad`, random crop back to size, random left-right flip (stateless, seeded).
+
+    One seed pair per example comes from `seeds` (a dataset), else from a random stream drawn
+    anew at every iteration from `seed`.
+    """
+    if seeds is None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def augment(example, op_seed):
         image, label = example
@@ -366,22 +469,24 @@ def _load_tfds(name, batch_size, data_dir, seed, augment, download):
     normalize = _normalizer(1.0 / 255.0, spec.mean, spec.std)
     use_augment = spec.augment if augment is None else augment
 
-    def train_transform(ds):
+    def finish(ds, augmentation_seeds):
         if use_augment:
-            ds = _augment_crop_flip(ds, seed)
-        return ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = _augment_crop_flip(ds, seed, seeds=augmentation_seeds)
+        return ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
 
+    # The training split is held in memory as arrays (as the former cache() did), so that the
+    # replayable stream can read it by index.
+    train_ds, epochs = _training_pipelines(*_as_arrays(train), batch_size, seed, finish)
     return Dataset(
         name=name,
         input_shape=spec.input_shape,
         num_classes=spec.num_classes,
         train_size=sizes[0],
         test_size=sizes[1],
-        train=_batched(
-            train, batch_size, shuffle_size=sizes[0], seed=seed, transform=train_transform
-        ),
+        train=train_ds,
         test=_batched(test, batch_size, transform=lambda ds: ds.map(normalize, tf.data.AUTOTUNE)),
         batch_size=batch_size,
+        epoch_stream=epochs,
     )
 
 
@@ -402,24 +507,20 @@ def _load_arrays(name, batch_size, seed, augment):
         scale = 1.0
     normalize = _normalizer(scale)
 
-    def train_transform(ds):
+    def finish(ds, augmentation_seeds):
         if augment:
-            ds = _augment_crop_flip(ds, seed)
-        return ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = _augment_crop_flip(ds, seed, seeds=augmentation_seeds)
+        return ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
 
+    train, epochs = _training_pipelines(x_train, y_train, batch_size, seed, finish)
     return Dataset(
         name=name,
         input_shape=info.input_shape,
         num_classes=info.num_classes,
         train_size=len(x_train),
         test_size=len(x_test),
-        train=_batched(
-            tf.data.Dataset.from_tensor_slices((x_train, y_train)),
-            batch_size,
-            shuffle_size=len(x_train),
-            seed=seed,
-            transform=train_transform,
-        ),
+        epoch_stream=epochs,
+        train=train,
         test=_batched(
             tf.data.Dataset.from_tensor_slices((x_test, y_test)),
             batch_size,
