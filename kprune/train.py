@@ -600,6 +600,26 @@ def _check_scope(ctx, allowed):
         )
 
 
+def _late_pruning_warning(ctx, updates):
+    """A warning line if mask updates fall where the learning rate is under 10% of its base.
+
+    Weights pruned that late have little learning rate left to recover with; on the bundled
+    digits, LeNet-300-100 pruned to 98% until after two 10x cuts lost 10-20 points of accuracy.
+    """
+    from kprune.training import make_learning_rate
+
+    schedule = make_learning_rate(ctx.config.training, ctx.steps_per_epoch)
+    base = ctx.config.training.learning_rate
+    late = [step for step, _ in updates if float(schedule(step)) < 0.1 * base]
+    if not late:
+        return []
+    return [
+        f"warning   {len(late)} of {len(updates)} mask updates come after the learning rate has "
+        f"fallen below 10% of its base value (from step {late[0]}); networks pruned that late "
+        "often fail to recover. End pruning earlier (--prune_end) unless that is intended."
+    ]
+
+
 def _plan_gradual(ctx):
     from kprune.gradual import update_steps
 
@@ -617,6 +637,7 @@ def _plan_gradual(ctx):
         f"schedule  {schedule!r}",
         f"pruning   {ctx.config.scope} scope, steps {schedule.begin_step}..{schedule.end_step} "
         f"of {ctx.total_steps}: {len(updates)} mask updates (step:target {shown})",
+        *_late_pruning_warning(ctx, updates),
     ]
 
 
@@ -684,6 +705,7 @@ def _plan_fggp(ctx):
         f"{criterion.candidate_rate:g} of active weights with the smallest |gradient| "
         f"({criterion.gradient}), then the smallest |w| among them; {len(updates)} mask updates "
         f"in steps {schedule.begin_step}..{schedule.end_step}; start {start}",
+        *_late_pruning_warning(ctx, updates),
     ]
 
 

@@ -249,6 +249,26 @@ def make_loss(config):
     return SparseCrossentropy(label_smoothing=config.label_smoothing)
 
 
+def make_learning_rate(config, steps_per_epoch):
+    """The `WarmupDecay` learning-rate schedule of `config`, in optimizer steps.
+
+    Example:
+
+    >>> lr = make_learning_rate(TrainConfig(lr_schedule="constant", learning_rate=0.1), 10)
+    >>> round(float(lr(5)), 6)
+    0.1
+    """
+    steps_per_epoch = int(_number("steps_per_epoch", steps_per_epoch, 1))
+    return WarmupDecay(
+        config.learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        kind=config.lr_schedule,
+        boundaries=[round(e * steps_per_epoch) for e in config.lr_decay_epochs],
+        factor=config.lr_decay_factor,
+        warmup_steps=round(config.lr_warmup_epochs * steps_per_epoch),
+    )
+
+
 def make_optimizer(config, steps_per_epoch):
     """The optimizer for `config`, with a `WarmupDecay` learning rate in steps.
 
@@ -262,15 +282,7 @@ def make_optimizer(config, steps_per_epoch):
     >>> type(opt).__name__, opt.nesterov
     ('SGD', True)
     """
-    steps_per_epoch = int(_number("steps_per_epoch", steps_per_epoch, 1))
-    learning_rate = WarmupDecay(
-        config.learning_rate,
-        total_steps=config.epochs * steps_per_epoch,
-        kind=config.lr_schedule,
-        boundaries=[round(e * steps_per_epoch) for e in config.lr_decay_epochs],
-        factor=config.lr_decay_factor,
-        warmup_steps=round(config.lr_warmup_epochs * steps_per_epoch),
-    )
+    learning_rate = make_learning_rate(config, steps_per_epoch)
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(
             learning_rate, momentum=config.momentum, nesterov=config.nesterov

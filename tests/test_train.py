@@ -376,3 +376,12 @@ def test_quickstart_default_job_reaches_90_percent(tmp_path):
     assert results["test_accuracy"] >= 0.90
     assert str(run_dir.relative_to(tmp_path)) in result.stdout
     print(f"quickstart: accuracy {results['test_accuracy']:.4f}, {results['wall_time_s']:.1f} s")
+
+
+def test_dry_run_warns_when_pruning_outlasts_the_learning_rate(capsys):
+    late = ["--flagfile=configs/lenet300.flags", "--dataset=digits", "--dry_run"]
+    assert run_cli(*late, "--prune_end=0.75") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^warning   \d+ of \d+ mask updates come after the learning rate", out, re.M)
+    assert run_cli(*late) == 0  # the flagfile ends pruning before the first cut
+    assert "warning" not in capsys.readouterr().out
