@@ -50,6 +50,7 @@ from absl import app, flags
 
 from kprune.api import _walk, pruning_wrappers, sparsity_report, strip
 from kprune.targets import is_prunable, prunable_weights
+from kprune.versions import versions
 
 __all__ = [
     "FORMATS",
@@ -1024,24 +1025,6 @@ def export(
     return report
 
 
-def _versions():
-    from importlib.metadata import PackageNotFoundError, version
-
-    import kprune
-
-    try:
-        litert = version("ai-edge-litert")
-    except PackageNotFoundError:
-        litert = None
-    return {
-        "kprune": kprune.__version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "ai_edge_litert": litert,
-        "python": sys.version.split()[0],
-    }
-
-
 def _export_into(
     model,
     tmp,
@@ -1067,7 +1050,7 @@ def _export_into(
     report = {
         "format_version": 1,
         "model": model.name,
-        "versions": _versions(),
+        "versions": versions(),
         "formats": list(formats),
         "quantize": quantize,
         "keras_sparsity": {

@@ -60,6 +60,7 @@ from kprune.api import (
 )
 from kprune.distribute import strategy_scope
 from kprune.masking import prune_lowest
+from kprune.versions import versions
 from kprune.wrapper import PruningWrapper, exact_value
 
 __all__ = ["ROUNDINGS", "kept_counts", "magnitude_masks", "round_dir_name", "run_lottery"]
@@ -338,12 +339,6 @@ def _accuracy(metrics):
     return None
 
 
-def _versions():
-    import kprune
-
-    return {"kprune": kprune.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
-
-
 # -- the workflow ---------------------------------------------------------------------------
 def run_lottery(
     model,
@@ -615,7 +610,7 @@ def _results(settings, rows, rounds, num_prunable):
         "final_global_sparsity": last["global_sparsity"],
         "final_test_accuracy": last["test_accuracy"],
         "final_model": FINAL_MODEL,
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 

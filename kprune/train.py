@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import platform
 import shutil
 import sys
 import time
@@ -1005,31 +1004,6 @@ def _write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def _versions():
-    import absl
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    import kprune
-
-    versions = {
-        "python": platform.python_version(),
-        "kprune": kprune.__version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-    }
-    try:
-        from importlib.metadata import version
-
-        versions["absl-py"] = version("absl-py")
-        versions["tensorflow-datasets"] = version("tensorflow-datasets")
-    except Exception:  # metadata is missing in some source checkouts; versions are a courtesy
-        versions["absl-py"] = getattr(absl, "__version__", "unknown")
-    return versions
-
-
 def _count(report, key):
     totals = report[key]
     return None if totals is None else dict(totals)
@@ -1232,6 +1206,7 @@ def _execute(ctx, plan_lines, state, export_fn):
     """Trains (input is valid): creates the run directory and writes every output."""
     from kprune.api import sparsity_report
     from kprune.distribute import strategy_scope
+    from kprune.versions import versions
 
     config = ctx.config
     run_dir = config.run_dir
@@ -1304,7 +1279,7 @@ def _execute(ctx, plan_lines, state, export_fn):
         "model_path": str(model_path),
         "distribution": ctx.distribution,
         **method_results,
-        "versions": _versions(),
+        "versions": versions(),
         "flags": config.flags,
     }
     _write_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")

@@ -34,11 +34,9 @@ def cpu_model() -> str:
 
 def environment() -> dict:
     """Versions and machine facts to store next to every benchmark figure."""
-    import keras
-    import numpy as np
     import tensorflow as tf
 
-    import kprune
+    from kprune.versions import versions
 
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     return {
@@ -48,12 +46,7 @@ def environment() -> dict:
         "gpus": gpus,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": {
-            "kprune": kprune.__version__,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": np.__version__,
-        },
+        "versions": versions(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
