@@ -1132,6 +1132,12 @@ def _summary_paragraph(config, results, run_dir):
         f"{results['nonzero_params']} of {results['dense_params']} parameters non-zero. "
         f"Outputs are in {run_dir}/: model.keras (stripped), results.json, run.flags, "
         f"checkpoints/, and TensorBoard logs (tensorboard --logdir {run_dir}/logs)."
+        + (
+            " WARNING: training diverged (the loss became NaN or infinite) and was stopped; "
+            "lower --lr or check the data."
+            if results.get("diverged")
+            else ""
+        )
     )
 
 

@@ -448,8 +448,9 @@ def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose
         penalty, as Keras reports it), `best_test_accuracy` (None without per-epoch
         evaluation), `total_steps` (optimizer steps taken), `epochs_run` (in this call),
         `resumed_at_epoch` (0 for a fresh start), `fit_time_s` (this call), `history`
-        (per-epoch metrics of the whole run), `replicas` and `masks_identical_across_replicas`
-        (None when not checked: one replica or no masks).
+        (per-epoch metrics of the whole run), `replicas`, `masks_identical_across_replicas`
+        (None when not checked: one replica or no masks) and `diverged` (the loss became NaN
+        or infinite; training stops at that batch).
 
     Example:
 
@@ -484,7 +485,9 @@ def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose
                 all_callbacks.append(replica_check)
         if run_dir is not None:
             all_callbacks += [epoch_history, backup]  # the history row first, then the backup
-        all_callbacks += [timer, *callbacks]
+        # A loss of NaN or inf ends training: the run is reported as diverged instead of
+        # running on and writing meaningless weights.
+        all_callbacks += [timer, keras.callbacks.TerminateOnNaN(), *callbacks]
         if getattr(data, "replayable", False):
             train, steps = data.train_epochs(first_epoch), data.steps_per_epoch
         else:  # a hand-made dataset: its own (reshuffling) pipeline, one pass per epoch
@@ -505,7 +508,9 @@ def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose
     else:
         per_epoch = {k: [float(v) for v in values] for k, values in (history.history or {}).items()}
     val_accuracy = [v for v in per_epoch.get("val_accuracy", []) if v is not None]
+    losses = [v for v in per_epoch.get("loss", []) if v is not None] + [evaluation["loss"]]
     return {
+        "diverged": not all(np.isfinite(losses)),
         "test_accuracy": float(evaluation["accuracy"]),
         "test_loss": float(evaluation["loss"]),
         "best_test_accuracy": float(np.max(val_accuracy)) if val_accuracy else None,

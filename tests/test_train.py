@@ -385,3 +385,21 @@ def test_dry_run_warns_when_pruning_outlasts_the_learning_rate(capsys):
     assert re.search(r"^warning   \d+ of \d+ mask updates come after the learning rate", out, re.M)
     assert run_cli(*late) == 0  # the flagfile ends pruning before the first cut
     assert "warning" not in capsys.readouterr().out
+
+
+def test_a_diverging_run_stops_and_says_so(tmp_path, capsys):
+    run_dir = tmp_path / "nan"
+    # Half the weights are pruned at step 0, then a huge learning rate blows the loss up.
+    args = ["--epochs=3", "--lr=1e30", "--initial_sparsity=0.5", "--progress=none"]
+    assert run_cli(*args, f"--model_dir={run_dir}") == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["diverged"] is True
+    assert results["total_steps"] < 3 * 45  # TerminateOnNaN stopped it early
+    assert "training diverged" in capsys.readouterr().out
+    # Pruned positions are still exactly zero, not NaN (NaN * 0 would be NaN and count as
+    # non-zero): at least the pruned half is zero (kept weights may also have hit 0).
+    assert results["nonzero_prunable_params"] <= PRUNABLE - round(0.5 * PRUNABLE)
+    assert results["global_sparsity"] >= 0.5
+    model = keras.saving.load_model(run_dir / "model.keras")
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    assert sum(int(np.sum(k == 0)) for k in kernels) >= round(0.5 * PRUNABLE)
