@@ -55,9 +55,10 @@ def apply_mask(value, mask):
     """`value` where `mask` is non-zero, exactly 0 elsewhere (also where `value` is NaN or inf).
 
     A product `value * mask` would leave NaN in pruned positions of a diverged run; pruned
-    weights must stay exactly zero whatever happens to the rest.
+    weights must stay exactly zero whatever happens to the rest. `multiply_no_nan` does that
+    in one op (it runs after every optimizer update, so its cost counts).
     """
-    return ops.where(ops.not_equal(mask, 0), value, ops.zeros_like(value))
+    return tf.math.multiply_no_nan(value, tf.cast(mask, value.dtype))
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -361,12 +362,16 @@ class PruningGroup:
         return tf.__internal__.distribute.interim.maybe_merge_call(self._maybe_update, strategy)
 
     def _maybe_update(self, strategy):
-        should_update, target = self.schedule(ops.convert_to_tensor(self.step))
-        return tf.cond(
-            should_update,
-            lambda: self.update(target, strategy),
-            lambda: tf.constant(False),
-        )
+        step = ops.convert_to_tensor(self.step)
+        # Only `should_update` is needed on ordinary steps; the target is computed inside the
+        # branch, so its ops run on update steps only (unused ops outside are pruned).
+        should_update, _ = self.schedule(step)
+
+        def update():
+            _, target = self.schedule(step)
+            return self.update(target, strategy)
+
+        return tf.cond(should_update, update, lambda: tf.constant(False))
 
     def update(self, target, strategy=None):
         """Recomputes every mask of the group for sparsity `target` (graph or eager).
@@ -417,7 +422,7 @@ def _assign_mask(variable, mask):
 
 
 def _multiply_by_mask(variable, mask):
-    return variable.assign(tf.where(tf.not_equal(mask, 0), variable, tf.zeros_like(variable)))
+    return variable.assign(apply_mask(variable, mask))
 
 
 def _on_every_replica(strategy, variable, fn, mask):
