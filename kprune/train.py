@@ -564,13 +564,12 @@ class Method:
     summary: str
 
 
-def _gradual_schedule(ctx):
-    from kprune.gradual import make_schedule, pruning_window
+def _pruning_window(ctx):
+    """The schedule window from the --prune_* flags (fractions of training, or steps)."""
+    from kprune.gradual import pruning_window
 
-    config, f = ctx.config, ctx.config.flags
-    if config.method == "dense":
-        return None
-    window = pruning_window(
+    f = ctx.config.flags
+    return pruning_window(
         ctx.total_steps,
         begin=f["prune_begin"],
         end=f["prune_end"],
@@ -579,6 +578,15 @@ def _gradual_schedule(ctx):
         end_step=f["prune_end_step"],
         frequency_steps=f["prune_frequency_steps"],
     )
+
+
+def _gradual_schedule(ctx):
+    from kprune.gradual import make_schedule
+
+    config, f = ctx.config, ctx.config.flags
+    if config.method == "dense":
+        return None
+    window = _pruning_window(ctx)
     return make_schedule(
         config.method,
         config.target_sparsity,
@@ -659,18 +667,10 @@ def _run_gradual(ctx):
 # -- FGGP: gradient-first, magnitude-next, on the cubic (polynomial) schedule --------------------
 def _fggp_parts(ctx):
     from kprune.criteria import FGGP
-    from kprune.gradual import make_schedule, pruning_window
+    from kprune.gradual import make_schedule
 
     f = ctx.config.flags
-    window = pruning_window(
-        ctx.total_steps,
-        begin=f["prune_begin"],
-        end=f["prune_end"],
-        frequency=f["prune_frequency"],
-        begin_step=f["prune_begin_step"],
-        end_step=f["prune_end_step"],
-        frequency_steps=f["prune_frequency_steps"],
-    )
+    window = _pruning_window(ctx)
     schedule = make_schedule(
         "polynomial",
         ctx.config.target_sparsity,

@@ -289,3 +289,16 @@ def test_bench_distributed_quick_times_both_replica_counts(tmp_path):
         assert ratio["min"] <= ratio["median"] <= ratio["max"]
     assert "dense_2_over_1" in result and "pruned_2_over_1" in result
     assert "lenet300" in done.stdout and "pruned/dense" in done.stdout
+
+
+# Core level (no CLI): layer and global scope under MirroredStrategy.
+def test_mirrored_masks_identical_and_equal_to_single_device():
+    result = run_script("mirrored_pruning.py", "layer", "global")
+    for scope in ("layer", "global"):
+        r = result[scope]
+        assert r["replicas"] == 2
+        assert r["identical_across_replicas"], r
+        assert r["equal_to_single_device"], r
+    # Exact counts: layer scope per kernel, global scope in total.
+    assert result["layer"]["zeros"] == {"hidden/kernel": 512, "logits/kernel": 102}
+    assert sum(result["global"]["zeros"].values()) == round(0.8 * (20 * 32 + 32 * 4))
