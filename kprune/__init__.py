@@ -14,15 +14,14 @@ from kprune.api import (
     format_sparsity_report,
     get_masks,
     prune,
+    pruned_variables,
     pruning_wrappers,
     set_masks,
     sparsity_report,
     strip,
 )
-from kprune.at_init import masks_at_init, prune_at_init
 from kprune.callbacks import PruningCallback
 from kprune.criteria import FGGP, Magnitude, fggp_schedule
-from kprune.lottery import run_lottery
 from kprune.schedules import (
     ConstantSparsity,
     CyclicalSparsity,
@@ -30,6 +29,8 @@ from kprune.schedules import (
     PolynomialDecay,
     PruningSchedule,
 )
+from kprune.workflows.at_init import masks_at_init, prune_at_init
+from kprune.workflows.lottery import run_lottery
 from kprune.wrapper import PruningWrapper
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "masks_at_init",
     "prune",
     "prune_at_init",
+    "pruned_variables",
     "pruning_wrappers",
     "run_lottery",
     "set_masks",

@@ -25,6 +25,8 @@ import numbers
 
 import numpy as np
 
+from kprune._internal.validate import check_sparsity
+
 __all__ = ["erk_densities", "erk_keep_counts", "erk_prune_counts"]
 
 
@@ -46,14 +48,6 @@ def _check_shapes(shapes):
     if not checked:
         raise ValueError("`shapes` is empty: there is nothing to allocate a budget to.")
     return checked
-
-
-def _check_sparsity(sparsity):
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise ValueError(f"`sparsity` must be a number in [0, 1). Received: sparsity={sparsity!r}")
-    if not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"`sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
-    return float(sparsity)
 
 
 def _check_power(power_scale):
@@ -85,7 +79,7 @@ def erk_densities(shapes, sparsity, power_scale=1.0):
     [0.78, 1.0]
     """
     shapes = _check_shapes(shapes)
-    sparsity = _check_sparsity(sparsity)
+    sparsity = check_sparsity("sparsity", sparsity)
     power_scale = _check_power(power_scale)
     sizes = np.array([math.prod(s) for s in shapes], dtype=np.float64)
     raw = np.array([(sum(s) / math.prod(s)) ** power_scale for s in shapes], dtype=np.float64)

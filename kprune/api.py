@@ -31,6 +31,7 @@ __all__ = [
     "set_masks",
     "sparsity_report",
     "format_sparsity_report",
+    "pruned_variables",
     "pruning_wrappers",
 ]
 
@@ -64,6 +65,24 @@ def _weight_key(prefix, layer, variable):
     between `prune()` and `keras.models.load_model()`; this key does not.
     """
     return "/".join((*prefix, layer.name, variable.name))
+
+
+def pruned_variables(model):
+    """`(path, weight variable, mask variable)` for every pruned variable, in layer order.
+
+    Paths are those of `get_masks`, e.g. `"encoder/conv1/kernel"`.
+
+    Example:
+
+    >>> model = prune(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="fc")]),
+    ...               None)
+    >>> [path for path, _, _ in pruned_variables(model)]
+    ['fc/kernel']
+    """
+    for layer, prefix in _walk(model):
+        if isinstance(layer, PruningWrapper):
+            for w, m in zip(layer.pruned_weights, layer.masks):
+                yield _weight_key(prefix, layer, w), w, m
 
 
 def pruning_wrappers(model):
@@ -430,12 +449,7 @@ def get_masks(model):
             f"Model '{model.name}' has no PruningWrapper layers, so it has no masks. For a "
             "stripped model, the pruned weights are the zeros of its kernels."
         )
-    masks = {}
-    for layer, prefix in _walk(model):
-        if isinstance(layer, PruningWrapper):
-            for w, m in zip(layer.pruned_weights, layer.masks):
-                masks[_weight_key(prefix, layer, w)] = np.asarray(m.numpy())
-    return masks
+    return {path: np.asarray(m.numpy()) for path, _, m in pruned_variables(model)}
 
 
 def set_masks(model, masks):
@@ -458,11 +472,7 @@ def set_masks(model, masks):
     0.0
     """
     _check_model(model, "set_masks")
-    targets = {}
-    for layer, prefix in _walk(model):
-        if isinstance(layer, PruningWrapper):
-            for w, m in zip(layer.pruned_weights, layer.masks):
-                targets[_weight_key(prefix, layer, w)] = (w, m)
+    targets = {path: (w, m) for path, w, m in pruned_variables(model)}
     if not targets:
         raise ValueError(f"Model '{model.name}' has no PruningWrapper layers to set masks on.")
     unknown = sorted(set(masks) - set(targets))

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from kprune import scores as scores_lib
 from kprune.masking import SCOPES, compute_masks, prune_count, prune_lowest
-from kprune.schedules import PolynomialDecay
+from kprune.schedules import ConfigObject, PolynomialDecay
 
 __all__ = [
     "Criterion",
@@ -46,7 +46,7 @@ __all__ = [
 _GRADIENT_MODES = ("batch", "accumulated")
 
 
-class Criterion:
+class Criterion(ConfigObject):
     """Base class: turns weights (and recorded gradients) into new masks at a mask update.
 
     Subclasses implement `masks(...)` with TensorFlow ops only (it runs inside compiled train
@@ -71,23 +71,6 @@ class Criterion:
     def masks(self, weights, old_masks, gradients, sparsity, scope, monotone):
         """New float 0/1 masks for `weights` at target `sparsity` (graph-safe)."""
         raise NotImplementedError
-
-    def get_config(self):
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 @keras.saving.register_keras_serializable(package="kprune")

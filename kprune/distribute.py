@@ -12,8 +12,9 @@ Strategies by name (`make_strategy`):
   a TPU VM), default `$TPU_NAME`.
 
 Build the model, prune it, compile it and train it inside `strategy.scope()` (kprune's
-workflows, `kprune.training.fit_and_evaluate`, `kprune.gradual.train_gradual`,
-`kprune.at_init.train_at_init` and `kprune.run_lottery`, enter the scope of the strategy the
+workflows, `kprune.workflows.training.fit_and_evaluate`, `kprune.workflows.gradual.train_gradual`,
+`kprune.workflows.at_init.train_at_init` and `kprune.run_lottery`, enter the scope of the
+strategy the
 model was built under). The batch size of the dataset is the *global* batch: Keras splits each
 batch across the replicas.
 

@@ -24,7 +24,10 @@ import numbers
 import keras
 import tensorflow as tf
 
+from kprune._internal.validate import check_sparsity
+
 __all__ = [
+    "ConfigObject",
     "PruningSchedule",
     "ConstantSparsity",
     "LinearSparsity",
@@ -33,14 +36,6 @@ __all__ = [
 ]
 
 _RAMPS = ("linear", "cubic")
-
-
-def _check_sparsity(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
-    return float(value)
 
 
 def _check_int(name, value, minimum):
@@ -61,7 +56,37 @@ def _check_span(begin_step, end_step):
         )
 
 
-class PruningSchedule:
+class ConfigObject:
+    """A small value object defined by its `get_config()`: equal configs are equal objects.
+
+    Schedules and pruning criteria are compared and hashed this way, so wrappers that share
+    them can be grouped (`kprune.bind_optimizer`), and rebuilt with `from_config(config)`.
+
+    Example:
+
+    >>> LinearSparsity(0.0, 0.5, 0, 10) == LinearSparsity(0.0, 0.5, 0, 10)
+    True
+    """
+
+    def get_config(self):
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class PruningSchedule(ConfigObject):
     """Base class: maps a training step to `(should_update, target_sparsity)`.
 
     Subclasses implement `__call__(step)` with TensorFlow ops only (it runs inside compiled
@@ -83,23 +108,6 @@ class PruningSchedule:
 
     def __call__(self, step):
         raise NotImplementedError
-
-    def get_config(self):
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
     @property
     def final_sparsity(self) -> float:
@@ -146,7 +154,7 @@ class ConstantSparsity(PruningSchedule):
     """
 
     def __init__(self, target_sparsity, begin_step=0, end_step=None, frequency=100):
-        self.target_sparsity = _check_sparsity("target_sparsity", target_sparsity)
+        self.target_sparsity = check_sparsity("target_sparsity", target_sparsity)
         self.begin_step = _check_int("begin_step", begin_step, 0)
         if end_step is None:
             end_step = self.begin_step
@@ -183,8 +191,8 @@ class _RampSchedule(PruningSchedule):
     """Shared constructor and config of schedules that go from an initial to a final sparsity."""
 
     def __init__(self, initial_sparsity, final_sparsity, begin_step, end_step, frequency=100):
-        self.initial_sparsity = _check_sparsity("initial_sparsity", initial_sparsity)
-        self._final_sparsity = _check_sparsity("final_sparsity", final_sparsity)
+        self.initial_sparsity = check_sparsity("initial_sparsity", initial_sparsity)
+        self._final_sparsity = check_sparsity("final_sparsity", final_sparsity)
         self.begin_step = _check_int("begin_step", begin_step, 0)
         self.end_step = _check_int("end_step", end_step, 0)
         _check_span(self.begin_step, self.end_step)
@@ -317,9 +325,9 @@ class CyclicalSparsity(PruningSchedule):
         cycle_start_sparsity=0.0,
         frequency=100,
     ):
-        self._final_sparsity = _check_sparsity("final_sparsity", final_sparsity)
-        self.initial_sparsity = _check_sparsity("initial_sparsity", initial_sparsity)
-        self.cycle_start_sparsity = _check_sparsity("cycle_start_sparsity", cycle_start_sparsity)
+        self._final_sparsity = check_sparsity("final_sparsity", final_sparsity)
+        self.initial_sparsity = check_sparsity("initial_sparsity", initial_sparsity)
+        self.cycle_start_sparsity = check_sparsity("cycle_start_sparsity", cycle_start_sparsity)
         self.begin_step = _check_int("begin_step", begin_step, 0)
         self.end_step = _check_int("end_step", end_step, 0)
         _check_span(self.begin_step, self.end_step)

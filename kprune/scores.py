@@ -2,7 +2,8 @@
 
 Scores that need the network take it as a pure function `forward(weights, x) -> outputs`, where
 `weights` is the list of prunable weight tensors to use in place of the model's own (see
-`kprune.at_init`, which builds it from a Keras model without touching the model's variables).
+`kprune.workflows.at_init`, which builds it from a Keras model without touching the model's
+variables).
 Gradients are taken with `tf.GradientTape`; nothing here creates or assigns variables, so every
 function can run eagerly or inside `tf.function`.
 
@@ -178,7 +179,8 @@ def synflow(forward, weights, inputs):
     of ones, so `R` is the total flow of "synaptic strength" through the network; a weight's
     score is how much of that flow passes through it. This function takes |w| of `weights`;
     the caller's `forward` must also use non-negative values for every other parameter (biases,
-    normalization) and evaluation-mode normalization (`kprune.at_init` does both). Large nets
+    normalization) and evaluation-mode normalization (`kprune.workflows.at_init` does both).
+    Large nets
     overflow float32 (R grows like a product over layers): pass float64 weights and a float64
     `forward`.
 

@@ -376,7 +376,8 @@ class UsageError(ValueError):
 class RunConfig:
     """Everything a run needs, taken from the flags once; library code never reads flags.
 
-    `training` is the `kprune.training.TrainConfig`; `flags` holds every flag of this module
+    `training` is the `kprune.workflows.training.TrainConfig`; `flags` holds every flag of this
+    module
     by name (method adapters read their own options from it; results.json records it).
 
     Example:
@@ -465,7 +466,7 @@ def config_from_flags(values=FLAGS):
     >>> config_from_flags(FLAGS).method  # doctest: +SKIP
     'linear'
     """
-    from kprune.training import TrainConfig
+    from kprune.workflows.training import TrainConfig
 
     try:
         training = TrainConfig(
@@ -566,7 +567,7 @@ class Method:
 
 def _pruning_window(ctx):
     """The schedule window from the --prune_* flags (fractions of training, or steps)."""
-    from kprune.gradual import pruning_window
+    from kprune.workflows.gradual import pruning_window
 
     f = ctx.config.flags
     return pruning_window(
@@ -581,7 +582,7 @@ def _pruning_window(ctx):
 
 
 def _gradual_schedule(ctx):
-    from kprune.gradual import make_schedule
+    from kprune.workflows.gradual import make_schedule
 
     config, f = ctx.config, ctx.config.flags
     if config.method == "dense":
@@ -613,7 +614,7 @@ def _late_pruning_warning(ctx, updates):
     Weights pruned that late have little learning rate left to recover with; on the bundled
     digits, LeNet-300-100 pruned to 98% until after two 10x cuts lost 10-20 points of accuracy.
     """
-    from kprune.training import make_learning_rate
+    from kprune.workflows.training import make_learning_rate
 
     schedule = make_learning_rate(ctx.config.training, ctx.steps_per_epoch)
     base = ctx.config.training.learning_rate
@@ -628,7 +629,7 @@ def _late_pruning_warning(ctx, updates):
 
 
 def _plan_gradual(ctx):
-    from kprune.gradual import update_steps
+    from kprune.workflows.gradual import update_steps
 
     _check_scope(ctx, ("global", "layer"))
     schedule = _gradual_schedule(ctx)
@@ -649,7 +650,7 @@ def _plan_gradual(ctx):
 
 
 def _run_gradual(ctx):
-    from kprune.gradual import train_gradual
+    from kprune.workflows.gradual import train_gradual
 
     schedule = _gradual_schedule(ctx)
     return train_gradual(
@@ -667,7 +668,7 @@ def _run_gradual(ctx):
 # -- FGGP: gradient-first, magnitude-next, on the cubic (polynomial) schedule --------------------
 def _fggp_parts(ctx):
     from kprune.criteria import FGGP
-    from kprune.gradual import make_schedule
+    from kprune.workflows.gradual import make_schedule
 
     f = ctx.config.flags
     window = _pruning_window(ctx)
@@ -688,7 +689,7 @@ def _fggp_parts(ctx):
 
 
 def _plan_fggp(ctx):
-    from kprune.gradual import update_steps
+    from kprune.workflows.gradual import update_steps
 
     _check_scope(ctx, ("global", "layer"))
     schedule, criterion = _fggp_parts(ctx)
@@ -709,8 +710,8 @@ def _plan_fggp(ctx):
 
 
 def _run_fggp(ctx):
-    from kprune.at_init import masks_at_init
-    from kprune.gradual import train_gradual
+    from kprune.workflows.at_init import masks_at_init
+    from kprune.workflows.gradual import train_gradual
 
     schedule, criterion = _fggp_parts(ctx)
     initial = None
@@ -780,7 +781,7 @@ def _plan_at_init(ctx):
 
 
 def _run_at_init(ctx):
-    from kprune.at_init import class_balanced_sample, saliency_batches, train_at_init
+    from kprune.workflows.at_init import class_balanced_sample, saliency_batches, train_at_init
 
     method, f = ctx.config.method, ctx.config.flags
     saliency, batches = None, 1
@@ -840,8 +841,8 @@ def _run_lth(ctx):
 
     from kprune.api import sparsity_report, strip
     from kprune.distribute import ReplicaMaskCheck
-    from kprune.lottery import FINAL_MODEL, run_lottery
-    from kprune.training import apply_weight_decay, make_loss, make_optimizer
+    from kprune.workflows.lottery import FINAL_MODEL, run_lottery
+    from kprune.workflows.training import apply_weight_decay, make_loss, make_optimizer
 
     rounds, rate, rewind = _lth_settings(ctx)
     training = ctx.config.training
@@ -890,7 +891,7 @@ def _run_lth(ctx):
 
 
 # The registry behind --method: `plan`/`run` turn the RunContext into plain arguments for a
-# workflow function (kprune.gradual, kprune.at_init, kprune.lottery).
+# workflow function (kprune.workflows.gradual, kprune.workflows.at_init, kprune.workflows.lottery).
 METHODS = {
     "dense": Method(_plan_gradual, _run_gradual, "train without pruning (baseline)"),
     "linear": Method(
@@ -996,12 +997,6 @@ def _read_flagfile(path):
                 name = name[2:]
             lines[name] = line
     return lines
-
-
-def _write_atomic(path, text):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _count(report, key):
@@ -1210,6 +1205,7 @@ def _prepare(config, strategy):
 
 def _execute(ctx, plan_lines, state, export_fn):
     """Trains (input is valid): creates the run directory and writes every output."""
+    from kprune._internal.files import write_text_atomic
     from kprune.api import sparsity_report
     from kprune.distribute import strategy_scope
     from kprune.versions import versions
@@ -1221,7 +1217,7 @@ def _execute(ctx, plan_lines, state, export_fn):
     run_dir.mkdir(parents=True, exist_ok=True)
     if state == "resume":
         print(f"Resuming the unfinished run in {run_dir}.")
-    _write_atomic(run_dir / "run.flags", "\n".join(_flag_lines(config.flags).values()) + "\n")
+    write_text_atomic(run_dir / "run.flags", "\n".join(_flag_lines(config.flags).values()) + "\n")
     print("\n".join(plan_lines))
     ctx.run_dir = run_dir
     start = time.perf_counter()
@@ -1288,7 +1284,7 @@ def _execute(ctx, plan_lines, state, export_fn):
         "versions": versions(),
         "flags": config.flags,
     }
-    _write_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     print(_summary_paragraph(config, results, run_dir))
     if parity_error is not None:
         raise parity_error

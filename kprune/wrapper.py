@@ -225,10 +225,11 @@ class PruningWrapper(keras.layers.Wrapper):
                 self._group.maybe_update()
         if self.layer._call_has_training_arg:
             kwargs["training"] = training
-        pruned = {id(w): m for w, m in zip(self.pruned_weights, self.masks)}
+        weights = self.pruned_weights
+        pruned = {id(w): m for w, m in zip(weights, self.masks)}
         records = {}
         if training is True and self.schedule is not None and self.gradient_records:
-            records = {id(w): r for w, r in zip(self.pruned_weights, self.gradient_records)}
+            records = {id(w): r for w, r in zip(weights, self.gradient_records)}
         mapping = []
         for v in self.layer.variables:
             value = exact_value(v)  # also resolves an enclosing StatelessScope, if any

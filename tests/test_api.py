@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import kprune
-from kprune import training
 from kprune.schedules import ConstantSparsity, LinearSparsity
+from kprune.workflows import training
 
 
 def small_cnn():

@@ -17,8 +17,9 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kprune  # noqa: E402
+from helpers import SCRIPTS, run_json
 from kprune import distribute, train  # noqa: E402
-from kprune.lottery import kept_counts  # noqa: E402
+from kprune.workflows.lottery import kept_counts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNABLE = 64 * 300 + 300 * 100 + 100 * 10  # LeNet-300-100 on the 8x8 digits
@@ -151,22 +152,8 @@ def test_command_line_without_a_tpu_exits_2_before_writing(tmp_path, capsys, mon
     assert not run_dir.exists()
 
 
-def run_script(name, *args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "scripts" / name), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def test_mirrored_runs_match_one_device():
-    result = run_script("mirrored_train.py", "linear", "snip", "lth", "linear_float16")
+    result = run_json([SCRIPTS / "mirrored_train.py", "linear", "snip", "lth", "linear_float16"])
     # The replica check can fail: a mask changed on one replica only is noticed.
     assert result.pop("tampered") == {
         "identical_before": True,
@@ -293,7 +280,7 @@ def test_bench_distributed_quick_times_both_replica_counts(tmp_path):
 
 # Core level (no CLI): layer and global scope under MirroredStrategy.
 def test_mirrored_masks_identical_and_equal_to_single_device():
-    result = run_script("mirrored_pruning.py", "layer", "global")
+    result = run_json([SCRIPTS / "mirrored_pruning.py", "layer", "global"])
     for scope in ("layer", "global"):
         r = result[scope]
         assert r["replicas"] == 2

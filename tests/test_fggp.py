@@ -1,17 +1,12 @@
 """FGGP (gradient-first, magnitude-next gradual pruning) and the criterion plumbing."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import kprune
+from helpers import SCRIPTS, run_json
 from kprune.criteria import FGGP, Magnitude, fggp_masks, get_criterion
 
 RNG = np.random.default_rng(2024)
@@ -302,19 +297,7 @@ def test_fggp_under_mirrored_strategy_matches_single_device():
     # Records are all-reduced in the backward pass, so every replica holds the global-batch
     # gradient, the one a single-device run records; masks then agree as well. "accumulated"
     # also checks that the cross-replica reset after each update reaches every replica.
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
-    script = root / "tests" / "scripts" / "mirrored_fggp.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "batch", "accumulated"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results = run_json([SCRIPTS / "mirrored_fggp.py", "batch", "accumulated"])
     for mode in ("batch", "accumulated"):
         out = results[mode]
         assert out["replicas"] == 2

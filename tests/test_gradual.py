@@ -1,4 +1,4 @@
-"""kprune.gradual and kprune.training: windows, schedules, learning rate, loss, resume."""
+"""kprune.workflows.gradual and .training: windows, schedules, learning rate, loss, resume."""
 
 import os
 
@@ -12,7 +12,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kprune  # noqa: E402
-from kprune import data, gradual, training  # noqa: E402
+from kprune import data  # noqa: E402
+from kprune.workflows import gradual, training  # noqa: E402
 
 
 def toy_data(batch_size=16, n_train=96, n_test=32, features=16, classes=3, seed=0):

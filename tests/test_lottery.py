@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import kprune
-from kprune import lottery
+from kprune.workflows import lottery
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import kprune  # noqa: E402
-from kprune import data, models, train, training  # noqa: E402
+from kprune import data, models, train  # noqa: E402
+from kprune.workflows import training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # 180 steps per epoch (1438 digits, batch 8), 540 in all; masks change every 5 steps until 405.

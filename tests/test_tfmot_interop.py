@@ -9,7 +9,6 @@ tf-keras).
 """
 
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SCRIPTS, run_json
 from kprune import LinearSparsity, tfmot_interop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,23 +48,13 @@ needs_tfmot = pytest.mark.skipif(
 
 def run_python(args, *, legacy_keras=False, timeout=600):
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     if legacy_keras:
         env["TF_USE_LEGACY_KERAS"] = "1"
-    out = subprocess.run(
-        [TFMOT_PYTHON, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(args, python=TFMOT_PYTHON, env=env, timeout=timeout)
 
 
 def run_script(name, **kwargs):
-    return run_python([str(ROOT / "tests" / "scripts" / name)], **kwargs)
+    return run_python([SCRIPTS / name], **kwargs)
 
 
 def test_importing_the_module_does_not_import_tfmot():

@@ -62,6 +62,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python tools/sweep.py` puts tools/, not the root, on sys.path
     sys.path.insert(0, str(ROOT))
 
+from kprune._internal.files import write_text_atomic  # noqa: E402
+from tools.benchlib import cpu_model  # noqa: E402
+
 # Flags the sweep sets per cell; passing them through would break the grid.
 OWNED_FLAGS = ("method", "target_sparsity", "seed", "model_dir", "dry_run", "lth_rounds")
 # Columns of sweep.csv, in order.
@@ -86,6 +89,22 @@ COLUMNS = (
     "model",
     "dataset",
     "run_dir",
+)
+# The columns read as they are from results.json; the others the sweep fills in itself.
+COPIED_COLUMNS = tuple(
+    key
+    for key in COLUMNS
+    if key
+    not in (
+        "cell",
+        "method",
+        "target_sparsity",
+        "seed",
+        "status",
+        "sparsity",
+        "lth_rounds",
+        "run_dir",
+    )
 )
 RESULTS = "results.json"
 COMMANDS = "sweep_commands.txt"
@@ -612,20 +631,7 @@ def read_cell(config, cell):
     results = json.loads(path.read_text())
     row["status"] = "done"
     row["sparsity"] = results["global_sparsity"]
-    for key in (
-        "test_accuracy",
-        "best_test_accuracy",
-        "test_loss",
-        "nonzero_prunable_params",
-        "prunable_params",
-        "nonzero_params",
-        "dense_params",
-        "epochs",
-        "total_steps",
-        "wall_time_s",
-        "model",
-        "dataset",
-    ):
+    for key in COPIED_COLUMNS:
         row[key] = results.get(key)
     if cell.method == "lth" and results.get("rounds"):
         row["lth_rounds"] = len(results["rounds"]) - 1  # round 0 is the dense training
@@ -821,24 +827,12 @@ def plot(summary, path, title):
 
 
 def _machine():
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
-
-
-def _write_atomic(path, text):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_reports(config, cells):
@@ -891,7 +885,7 @@ def write_reports(config, cells):
         "cells": rows,
         "summary": summary,
     }
-    _write_atomic(out / "sweep.json", json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out / "sweep.json", json.dumps(payload, indent=2) + "\n")
     header = []
     if commands:
         header += ["Made by (date, command):", "", "```bash", *commands, "```", ""]
@@ -902,7 +896,7 @@ def write_reports(config, cells):
         + ".",
         "",
     ]
-    _write_atomic(out / "sweep.md", markdown_report(rows, summary, header))
+    write_text_atomic(out / "sweep.md", markdown_report(rows, summary, header))
     title = ", ".join(sorted({f"{r['model']} on {r['dataset']}" for r in done})) or "sweep"
     png = plot(summary, out / "sweep.png", title) if done else False
     return rows, summary, png
@@ -961,7 +955,7 @@ def main(argv=None):
         counts = {"ran": 0, "skipped": 0, "failed": 0}
         if not config.report_only:
             config.out.mkdir(parents=True, exist_ok=True)
-            _write_atomic(settings_path, json.dumps(settings, indent=2) + "\n")
+            write_text_atomic(settings_path, json.dumps(settings, indent=2) + "\n")
             stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
             with open(config.out / COMMANDS, "a") as log:
                 log.write(f"# {stamp}\npython tools/sweep.py {shlex.join(config.argv)}\n")

@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from kprune.api import _walk, pruning_wrappers, sparsity_report, strip
+from kprune.api import _walk, _weight_key, pruning_wrappers, sparsity_report, strip
 from kprune.targets import is_prunable, prunable_weights
 from kprune.versions import versions
 
@@ -538,7 +538,7 @@ def _prunable_variables(model):
     for layer, prefix in _walk(model):
         if is_prunable(layer) and not isinstance(layer, keras.Model) and layer.built:
             for v in prunable_weights(layer):
-                out.append(("/".join((*prefix, layer.name, v.name)), v))
+                out.append((_weight_key(prefix, layer, v), v))
     return out
 
 
@@ -1507,8 +1507,3 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     sys.exit(run(flags.FLAGS))
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

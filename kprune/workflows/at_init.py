@@ -61,7 +61,7 @@ from kprune.api import (
 )
 from kprune.masking import compute_masks
 from kprune.targets import prunable_weights
-from kprune.training import fit_and_evaluate
+from kprune.workflows.training import fit_and_evaluate
 
 __all__ = ["METHODS", "SCOPES", "prune_at_init", "masks_at_init"]
 
@@ -634,11 +634,11 @@ def train_at_init(
     Args:
         model: a built Sequential or functional model that outputs logits (unchanged).
         data: a `kprune.data.Dataset` for training and evaluation.
-        training: a `kprune.training.TrainConfig`.
+        training: a `kprune.workflows.training.TrainConfig`.
         method, sparsity, scope, exclude, batches, **method_options: as `masks_at_init`.
         saliency_data: `(x, y)` arrays (or a dataset) to score with; None for SynFlow and
             random, which need no data.
-        run_dir, callbacks, verbose: as `kprune.training.fit_and_evaluate`.
+        run_dir, callbacks, verbose: as `kprune.workflows.training.fit_and_evaluate`.
 
     Returns:
         `(stripped_model, results)`: the trained model without wrappers, and the results of

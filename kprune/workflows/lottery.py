@@ -47,21 +47,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kprune._internal.files import write_text_atomic
+from kprune._internal.validate import check_integer
 from kprune.api import (
     _check_model,
     _optimizer_slots,
-    _walk,
-    _weight_key,
     format_sparsity_report,
     get_masks,
     prune,
+    pruned_variables,
     set_masks,
     sparsity_report,
 )
 from kprune.distribute import strategy_scope
 from kprune.masking import prune_lowest
 from kprune.versions import versions
-from kprune.wrapper import PruningWrapper, exact_value
+from kprune.workflows.training import TrainTimer
+from kprune.wrapper import exact_value
 
 __all__ = ["ROUNDINGS", "kept_counts", "magnitude_masks", "round_dir_name", "run_lottery"]
 
@@ -93,12 +95,6 @@ def round_dir_name(round_index):
 
 
 # -- argument checks ------------------------------------------------------------------------
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
 def _check_rate(rate):
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
         raise ValueError(f"`rate` must be a number in (0, 1). Received: rate={rate!r}")
@@ -136,9 +132,9 @@ def kept_counts(total, rate, rounds, rounding="nearest"):
     >>> kept_counts(10, 0.2, 3, rounding="ceil")
     [10, 8, 6, 4]
     """
-    total = _check_int("total", total, 1)
+    total = check_integer("total", total, 1)
     rate = _check_rate(rate)
-    rounds = _check_int("rounds", rounds, 0)
+    rounds = check_integer("rounds", rounds, 0)
     if rounding not in ROUNDINGS:
         raise ValueError(f"`rounding` must be one of {ROUNDINGS}. Received: rounding={rounding!r}")
     # repr() gives the shortest decimal that reads back as this float: 0.2 -> 1/5 exactly.
@@ -170,9 +166,7 @@ def _json_default(value):
 
 def _write_json(path, data):
     """Writes JSON atomically: a reader (or a resumed run) sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _skip_optimizer(model):
@@ -208,16 +202,6 @@ def _load_optimizer_state(optimizer, path):
 
 
 # -- masks ----------------------------------------------------------------------------------
-def _pruned_entries(model):
-    """`(path, weight variable, mask variable)` of every pruned variable, in `get_masks` order."""
-    entries = []
-    for layer, prefix in _walk(model):
-        if isinstance(layer, PruningWrapper):
-            for w, m in zip(layer.pruned_weights, layer.masks):
-                entries.append((_weight_key(prefix, layer, w), w, m))
-    return entries
-
-
 def magnitude_masks(model, keep):
     """Global magnitude masks that keep exactly `keep` weights among the unpruned ones.
 
@@ -240,10 +224,10 @@ def magnitude_masks(model, keep):
     >>> magnitude_masks(model, 2)["fc/kernel"].tolist()
     [[0.0, 1.0], [0.0, 1.0]]
     """
-    entries = _pruned_entries(model)
+    entries = list(pruned_variables(model))
     masks = [np.asarray(exact_value(m)) != 0 for _, _, m in entries]
     active = int(sum(m.sum() for m in masks))
-    keep = _check_int("keep", keep, 0)
+    keep = check_integer("keep", keep, 0)
     if keep > active:
         raise ValueError(
             f"`keep` cannot exceed the {active} weights that are still unpruned (pruned "
@@ -295,30 +279,6 @@ class _RewindSnapshot(keras.callbacks.Callback):
         if self.optimizer_path is not None:
             _save_optimizer_state(self.model.optimizer, self.optimizer_path)
         self.done = True
-
-
-class _TrainClock(keras.callbacks.Callback):
-    """Seconds from the first batch to the last of each `fit` (not the whole `fit` call)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = 0.0
-        self._start = None
-        self._last = None
-
-    def on_train_begin(self, logs=None):
-        self._start = self._last = None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._start is None:
-            self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._last = time.perf_counter()
-
-    def on_train_end(self, logs=None):
-        if self._start is not None and self._last is not None:
-            self.seconds += self._last - self._start
 
 
 def _set_step(optimizer, step):
@@ -425,7 +385,7 @@ def run_lottery(
         verbose: passed to `fit` / `evaluate`; with verbose > 0 a line per round is printed.
         prepare: optional `prepare(pruned_model)` called once on the pruned copy before any
             training, e.g. to put weight-decay regularizers on its variables
-            (`kprune.training.apply_weight_decay`).
+            (`kprune.workflows.training.apply_weight_decay`).
 
     Returns:
         A JSON-serializable dict: `method` ("lth"), `settings`, `num_prunable`,
@@ -461,10 +421,10 @@ def run_lottery(
                 f"`{name}` must be a batched tf.data.Dataset of (x, y). Received: "
                 f"{name} of type {type(data).__name__}"
             )
-    rounds = _check_int("rounds", rounds, 1)
-    epochs = _check_int("epochs", epochs, 1)
+    rounds = check_integer("rounds", rounds, 1)
+    epochs = check_integer("epochs", epochs, 1)
     rate = _check_rate(rate)
-    rewind_step = _check_int("rewind_step", rewind_step, 0)
+    rewind_step = check_integer("rewind_step", rewind_step, 0)
     if rounding not in ROUNDINGS:
         raise ValueError(f"`rounding` must be one of {ROUNDINGS}. Received: rounding={rounding!r}")
     if steps_per_epoch is None:
@@ -475,7 +435,7 @@ def run_lottery(
                 f"{cardinality}); pass `steps_per_epoch`. Received: steps_per_epoch=None"
             )
         steps_per_epoch = cardinality
-    steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
+    steps_per_epoch = check_integer("steps_per_epoch", steps_per_epoch, 1)
     total_steps = epochs * steps_per_epoch
     if rewind_step >= total_steps:
         raise ValueError(
@@ -505,7 +465,7 @@ def run_lottery(
         pruned = prune(model, None, scope="global", exclude=exclude)
         if prepare is not None:
             prepare(pruned)
-        entries = _pruned_entries(pruned)
+        entries = list(pruned_variables(pruned))
         num_prunable = int(sum(int(np.prod(w.shape)) for _, w, _ in entries))
         kept = kept_counts(num_prunable, rate, rounds, rounding)
 
@@ -562,7 +522,7 @@ def run_lottery(
             if verbose:
                 acc = row["test_accuracy"]
                 print(
-                    f"[kprune.lottery] round {r}: sparsity {row['global_sparsity']:.4f}, "
+                    f"[kprune.workflows.lottery] round {r}: sparsity {row['global_sparsity']:.4f}, "
                     f"test accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
                     f"{row['steps']} steps, {row['wall_time_s']:.1f} s"
                 )
@@ -670,13 +630,13 @@ def _run_round(
     _set_step(optimizer, start)
     if r > 0 and rewind_step and not reset_optimizer:
         _load_optimizer_state(optimizer, round0 / REWIND_OPTIMIZER)
-        masks = {id(w): m for _, w, m in _pruned_entries(model)}
+        masks = {id(w): m for _, w, m in pruned_variables(model)}
         for v in model.trainable_variables:
             if id(v) in masks:
                 for slot in _optimizer_slots(optimizer, v):
                     slot.assign(slot.numpy() * masks[id(v)].numpy().astype(slot.dtype))
 
-    clock = _TrainClock()
+    clock = TrainTimer()
     extra = [clock]
     if r == 0 and rewind_step:
         optimizer_path = None if reset_optimizer else work / REWIND_OPTIMIZER

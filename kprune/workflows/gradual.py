@@ -1,7 +1,8 @@
 """Gradual pruning within one training run: `dense`, `linear`, `polynomial`, `cyclical`.
 
 The workflow is: wrap the prunable layers with a sparsity schedule (`kprune.prune`), train once
-with `kprune.training.fit_and_evaluate` (the masks follow the schedule inside the compiled train
+with `kprune.workflows.training.fit_and_evaluate` (the masks follow the schedule inside the
+compiled train
 step), strip the wrappers. `dense` trains the unpruned model with the same loop, as the
 reference point.
 
@@ -30,10 +31,11 @@ import numbers
 
 import tensorflow as tf
 
+from kprune._internal.validate import check_integer
 from kprune.api import prune, set_masks, sparsity_report, strip
 from kprune.criteria import get_criterion
 from kprune.schedules import CyclicalSparsity, LinearSparsity, PolynomialDecay
-from kprune.training import fit_and_evaluate
+from kprune.workflows.training import fit_and_evaluate
 
 __all__ = [
     "GRADUAL_METHODS",
@@ -66,12 +68,6 @@ def _fraction(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"`{name}` must be a fraction of training in [0, 1]. Received: {value!r}")
     return float(value)
-
-
-def _step(name, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {value!r}")
-    return int(value)
 
 
 def pruning_window(
@@ -108,14 +104,14 @@ def pruning_window(
     >>> pruning_window(200, end=1.0, frequency_steps=7)
     PruningWindow(begin_step=0, end_step=199, frequency=7)
     """
-    total = _step("total_steps", total_steps, 2)
+    total = check_integer("total_steps", total_steps, 2)
     last = total - 1
     if begin_step is None:
         begin_step = round(_fraction("begin", begin) * total)
-    begin_step = _step("begin_step", begin_step)
+    begin_step = check_integer("begin_step", begin_step, 0)
     if end_step is None:
         end_step = min(round(_fraction("end", end) * total), last)
-    end_step = _step("end_step", end_step)
+    end_step = check_integer("end_step", end_step, 0)
     if end_step > last:
         raise ValueError(
             f"The pruning schedule ends at step {end_step}, beyond training: the last step is "
@@ -128,7 +124,7 @@ def pruning_window(
         )
     if frequency_steps is None:
         frequency_steps = max(1, round(_fraction("frequency", frequency) * total))
-    frequency_steps = _step("frequency_steps", frequency_steps, 1)
+    frequency_steps = check_integer("frequency_steps", frequency_steps, 1)
     return PruningWindow(begin_step, end_step, frequency_steps)
 
 
@@ -243,7 +239,7 @@ def train_gradual(
         data: a `kprune.data.Dataset`.
         schedule: a `kprune.PruningSchedule` (e.g. from `make_schedule`), or None to train
             dense.
-        training: a `kprune.training.TrainConfig`.
+        training: a `kprune.workflows.training.TrainConfig`.
         scope: "global" (one magnitude threshold over all pruned tensors) or "layer".
         exclude: names of layers to keep dense.
         run_dir: optional directory for logs and checkpoints (see `fit_and_evaluate`).

@@ -1,0 +1,43 @@
+"""Argument checks shared by constructors and workflows: clear errors that repeat the value.
+
+Example:
+
+>>> check_sparsity("sparsity", 0.9)
+0.9
+"""
+
+from __future__ import annotations
+
+import numbers
+
+__all__ = ["check_sparsity", "check_integer"]
+
+
+def check_sparsity(name, value):
+    """`value` as a float in [0, 1); ValueError naming `name` and the value otherwise.
+
+    Example:
+
+    >>> check_sparsity("final_sparsity", 1.0)
+    Traceback (most recent call last):
+    ValueError: `final_sparsity` must be in [0, 1). Received: final_sparsity=1.0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a number in [0, 1). Received: {name}={value!r}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+def check_integer(name, value, minimum):
+    """`value` as an int >= `minimum` (an integral type, not bool); ValueError otherwise.
+
+    Example:
+
+    >>> check_integer("rounds", 0, 1)
+    Traceback (most recent call last):
+    ValueError: `rounds` must be an integer >= 1. Received: rounds=0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
