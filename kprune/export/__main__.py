@@ -1,16 +1,17 @@
 """`python -m kprune.export`: a saved `.keras` model to SavedModel and TFLite (see `--help`).
 
-The flags are declared by `define_flags`, called only when this file runs as a program, so
-importing `kprune.export` (as `python -m kprune.train --export` does) adds no flags.
-
-Exit status: 0 exported and checked; 1 bad input or a failed conversion (nothing written);
-3 written, but a float32 artifact failed the parity check; absl's usage errors for bad flags.
+Exit status: 0 exported and checked; 1 bad flags or input, or a failed conversion (nothing
+written); 3 written, but a float32 artifact failed the parity check.
 
 Example:
 
     python -m kprune.export --model=run/model.keras --out=run/export --quantize=int8 \\
         --data_npz=calibration.npz
 """
+
+# This docstring is the header of `--help`. The flags are declared by `define_flags`, called
+# only when this file runs as a program, so importing `kprune.export` (as
+# `python -m kprune.train --export` does) adds no flags.
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def _load_npz(path, spec):
 
 def _named_dataset(name, data_dir=None, batch_size=32):
     """(training inputs, test inputs) of a dataset known to `kprune.data.load_dataset`."""
-    # Imported on use: kprune.data loads tensorflow-datasets, which is slow and optional.
+    # Imported on use: kprune.data loads tensorflow-datasets, which is slow to import.
     from kprune import data as data_lib
 
     datasets = data_lib.load_dataset(name, batch_size=batch_size, data_dir=data_dir)
