@@ -1,7 +1,9 @@
 """Tests for kprune.export: SavedModel + sparse TFLite export, read-back, parity, CLI."""
 
+import doctest
 import gzip
 import json
+import logging
 import os
 import re
 import subprocess
@@ -24,6 +26,9 @@ from kprune.export import (
     make_interpreter,
     read_tflite_weights,
 )
+from kprune.export import __main__ as export_cli
+from kprune.export import inputs as export_inputs
+from kprune.export import parity as export_parity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -285,7 +290,7 @@ def test_failure_after_conversion_also_cleans_up(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("interpreter crashed")
 
-    monkeypatch.setattr(export_lib, "_run_tflite", fail)
+    monkeypatch.setattr(export_parity, "_run_tflite", fail)
     with pytest.raises(RuntimeError, match="interpreter crashed"):
         export(_mlp(), tmp_path / "out", compare_dense=False, verbose=False)
     assert os.listdir(tmp_path) == []
@@ -325,12 +330,12 @@ def test_unsupported_op_names_the_layer(tmp_path):
 
 
 def test_parity_failure_is_loud_but_keeps_the_files(tmp_path, monkeypatch):
-    run_tflite = export_lib._run_tflite
+    run_tflite = export_parity._run_tflite
 
     def wrong_sign(*args, **kwargs):  # flips every logit: argmax becomes argmin
         return {k: -v for k, v in run_tflite(*args, **kwargs).items()}
 
-    monkeypatch.setattr(export_lib, "_run_tflite", wrong_sign)
+    monkeypatch.setattr(export_parity, "_run_tflite", wrong_sign)
     with pytest.raises(ParityError, match="tflite: top-1 agreement") as info:
         export(_pruned_mlp(), tmp_path / "out", compare_dense=False, verbose=False)
     parity = info.value.report["parity"]
@@ -380,9 +385,9 @@ def test_multi_input_dict_output_model(tmp_path):
 
 # -- input data forms -----------------------------------------------------------------------
 def test_take_samples_accepts_the_documented_forms():
-    spec = export_lib._InputSpec(_mlp())
+    spec = export_inputs._InputSpec(_mlp())
     x = _inputs(10)
-    take = export_lib._take_samples
+    take = export_inputs._take_samples
     assert np.array_equal(take(x, 4, spec, "d")["features"], x[:4])
     assert np.array_equal(take({"features": x}, 20, spec, "d")["features"], x)
     pairs = tf.data.Dataset.from_tensor_slices((x, np.arange(10))).batch(3)
@@ -412,7 +417,7 @@ def test_interpreter_falls_back_to_tf_lite_without_litert(monkeypatch):
 
 
 def test_interpreter_retries_without_xnnpack(monkeypatch):
-    real_class, resolvers, _ = export_lib._interpreter_module("auto")
+    real_class, resolvers, _ = export_parity._interpreter_module("auto")
 
     class RefusingXnnpack(real_class):
         def __init__(self, *args, experimental_op_resolver_type, **kwargs):
@@ -427,7 +432,7 @@ def test_interpreter_retries_without_xnnpack(monkeypatch):
             return super().allocate_tensors()
 
     monkeypatch.setattr(
-        export_lib, "_interpreter_module", lambda runtime: (RefusingXnnpack, resolvers, "fake")
+        export_parity, "_interpreter_module", lambda runtime: (RefusingXnnpack, resolvers, "fake")
     )
     interpreter, info = make_interpreter(convert_to_tflite(_mlp()))
     assert info["xnnpack"] is False and "XNNPACK could not prepare" in info["note"]
@@ -444,12 +449,20 @@ def test_litert_is_used_when_installed():
     assert info["runtime"].startswith("ai_edge_litert")
 
 
+def test_verbose_logs_the_table_and_prints_nothing(tmp_path, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="kprune.export"):
+        export(_mlp(), tmp_path / "out", formats="tflite", compare_dense=False)
+    assert capsys.readouterr().out == ""  # library code does not print
+    logged = [r.getMessage() for r in caplog.records if r.name == "kprune.export"]
+    assert len(logged) == 1 and "parity: ok" in logged[0] and "tflite (none, sparse)" in logged[0]
+
+
 # -- command line ---------------------------------------------------------------------------
 def _cli(args, capsys):
     fv = flags.FlagValues()
-    export_lib.define_flags(fv)
+    export_cli.define_flags(fv)
     fv(["export", *args])
-    status = export_lib.run(fv)
+    status = export_cli.run(fv)
     return status, capsys.readouterr()
 
 
@@ -489,17 +502,17 @@ def test_cli_errors(tmp_path, saved_pruned, capsys, monkeypatch):
     text = tmp_path / "notes.keras"
     text.write_text("not a model")
     status, captured = _cli([f"--model={text}", f"--out={tmp_path / 'o1'}"], capsys)
-    assert status == export_lib.EXIT_ERROR and "is not a Keras model file" in captured.err
+    assert status == export_cli.EXIT_ERROR and "is not a Keras model file" in captured.err
 
     saved_model_dir = tmp_path / "sm"
     _mlp().export(str(saved_model_dir), verbose=False)
     status, captured = _cli([f"--model={saved_model_dir}", f"--out={tmp_path / 'o2'}"], capsys)
-    assert status == export_lib.EXIT_ERROR and "SavedModel directory" in captured.err
+    assert status == export_cli.EXIT_ERROR and "SavedModel directory" in captured.err
 
     status, captured = _cli(
         [f"--model={saved_pruned}", f"--out={tmp_path / 'o3'}", "--quantize=int8"], capsys
     )
-    assert status == export_lib.EXIT_ERROR and "representative_data" in captured.err
+    assert status == export_cli.EXIT_ERROR and "representative_data" in captured.err
 
     # A tfds dataset that is not prepared offline: a clear error naming --data_dir.
     empty = tmp_path / "tfds"
@@ -513,19 +526,25 @@ def test_cli_errors(tmp_path, saved_pruned, capsys, monkeypatch):
         ],
         capsys,
     )
-    assert status == export_lib.EXIT_ERROR and "--data_dir" in captured.err
+    assert status == export_cli.EXIT_ERROR and "--data_dir" in captured.err
     assert sorted(os.listdir(tmp_path)) == ["notes.keras", "sm", "tfds"]
 
 
 def test_cli_parity_failure_exit_status(tmp_path, saved_pruned, capsys, monkeypatch):
     monkeypatch.setattr(
-        export_lib, "compare_outputs", lambda r, o: {"max_abs_diff": 1.0, "top1_agreement": 0.5}
+        export_parity, "compare_outputs", lambda r, o: {"max_abs_diff": 1.0, "top1_agreement": 0.5}
     )
     status, captured = _cli(
         [f"--model={saved_pruned}", f"--out={tmp_path / 'out'}", "--nocompare_dense"], capsys
     )
-    assert status == export_lib.EXIT_PARITY and "disagrees" in captured.err
+    assert status == export_cli.EXIT_PARITY and "disagrees" in captured.err
     assert (tmp_path / "out" / "model.tflite").exists()
+
+
+def test_cli_docstring_examples_run():
+    # pytest's --doctest-modules never collects __main__.py files, so run its examples here.
+    result = doctest.testmod(export_cli)
+    assert result.failed == 0 and result.attempted >= 5
 
 
 def test_python_m_kprune_export(tmp_path, saved_pruned):

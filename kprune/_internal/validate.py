@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 
-__all__ = ["check_sparsity", "check_integer"]
+__all__ = ["check_sparsity", "check_integer", "check_fraction", "check_choice"]
 
 
 def check_sparsity(name, value):
@@ -41,3 +41,35 @@ def check_integer(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
     return int(value)
+
+
+def check_fraction(name, value):
+    """`value` as a float in [0, 1], both ends included; ValueError naming `name` otherwise.
+
+    For shares and agreement rates, where 1.0 is a valid request (unlike a sparsity).
+
+    Example:
+
+    >>> check_fraction("min_fp32_agreement", 1)
+    1.0
+    >>> check_fraction("min_fp32_agreement", 1.5)
+    Traceback (most recent call last):
+    ValueError: `min_fp32_agreement` must be a number in [0, 1]. Received: min_fp32_agreement=1.5
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}")
+    return float(value)
+
+
+def check_choice(name, value, allowed):
+    """`value` if it is one of `allowed`; ValueError naming `name` and the choices otherwise.
+
+    Example:
+
+    >>> check_choice("quantize", "int4", ("none", "dynamic", "int8"))
+    Traceback (most recent call last):
+    ValueError: `quantize` must be one of ('none', 'dynamic', 'int8'). Received: quantize='int4'
+    """
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={value!r}")
+    return value
