@@ -30,7 +30,13 @@ class RunConfig:
 
     Example:
 
-    >>> config = config_from_flags(flags.FLAGS)  # doctest: +SKIP
+    >>> from kprune.experiment.config import define_flags
+    >>> values = flags.FlagValues()
+    >>> define_flags(values)
+    >>> _ = values(["kprune.train", "--method=polynomial", "--seed=2"])
+    >>> config = config_from_flags(values)
+    >>> config.run_dir.as_posix(), config.training.epochs, config.flag_lines["seed"]
+    ('saved_models/lenet300_100-digits-polynomial-90-seed2', 60, '--seed=2')
     """
 
     model: str
@@ -111,8 +117,12 @@ def config_from_flags(values=flags.FLAGS):
 
     Example:
 
-    >>> config_from_flags(flags.FLAGS).method  # doctest: +SKIP
-    'linear'
+    >>> from kprune.experiment.config import define_flags
+    >>> values = flags.FlagValues()
+    >>> define_flags(values)
+    >>> _ = values(["kprune.train", "--method=lth", "--lth_rounds=3"])
+    >>> round(config_from_flags(values).target_sparsity, 3)  # 1 - 0.8**3
+    0.488
     """
     try:
         training = TrainConfig(
