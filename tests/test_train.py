@@ -51,7 +51,15 @@ def test_every_experiment_has_a_flagfile():
         assert header.startswith("# "), f"{path.name} needs a comment header saying what it is"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+# Building ResNet-50 takes more than 20 s on a small CPU machine.
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.integration) if p.name == "resnet50.flags" else p
+        for p in CONFIGS
+    ],
+    ids=lambda p: p.name,
+)
 def test_dry_run_of_every_flagfile(path, tmp_path, capsys):
     # An empty data_dir: a dry run that tried to load MNIST or CIFAR would fail.
     args = [f"--flagfile={path}", "--dry_run", f"--data_dir={tmp_path}"]

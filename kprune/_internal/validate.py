@@ -73,3 +73,31 @@ def check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={value!r}")
     return value
+
+
+def interval_text(low=None, high=None, *, low_open=False, high_open=False):
+    """How error messages write the interval of allowed values ("in [0, 1)", "> 0").
+
+    Example:
+
+    >>> interval_text(0.0, 1.0, high_open=True), interval_text(0.0, low_open=True)
+    ('in [0, 1)', '> 0')
+    """
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def in_interval(value, low=None, high=None, *, low_open=False, high_open=False):
+    """Whether `value` lies in the interval (an end that is None is unbounded).
+
+    Example:
+
+    >>> in_interval(1.0, 0.0, 1.0, high_open=True), in_interval(0.5, 0.0, 1.0)
+    (False, True)
+    """
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return high is None or (value < high if high_open else value <= high)
