@@ -27,7 +27,7 @@ from kprune.experiment import report
 from kprune.experiment import run_dir as run_dir_lib
 from kprune.experiment.config import UsageError
 from kprune.experiment.methods import METHODS, RunContext
-from kprune.export import FORMATS, QUANTIZE_MODES, ParityError, export
+from kprune.export import FORMATS, QUANTIZE_MODES, ParityError, export, format_export_report
 from kprune.models import build_model
 from kprune.versions import versions
 
@@ -130,8 +130,11 @@ def _prepare(config, strategy):
     return ctx, plan_lines, decision
 
 
-def _export(ctx, stripped, model_path):
-    """Runs kprune.export on the final model: `(export results, ParityError or None)`."""
+def _export(ctx, stripped, model_path, echo):
+    """Runs kprune.export on the final model: `(export results, ParityError or None)`.
+
+    The size and parity table goes to `echo` (the CLI prints it), whether parity passed or not.
+    """
     config = ctx.config
     if ctx.distribution["replicas"] > 1:  # export plain variables, not mirrored ones
         stripped = keras.models.load_model(model_path)
@@ -141,13 +144,17 @@ def _export(ctx, stripped, model_path):
         "representative_data": ctx.data.train,
         "eval_data": ctx.data.test,
         "overwrite": True,
+        "verbose": False,
     }
     if config.export_quantize is not None:
         options["quantize"] = config.export_quantize
     try:
-        return export(stripped, ctx.run_dir / "export", **options), None
+        report = export(stripped, ctx.run_dir / "export", **options)
     except ParityError as err:  # the files are written; say so in results.json too
+        echo(format_export_report(err.report))
         return {"parity_error": str(err)}, err
+    echo(format_export_report(report))
+    return report, None
 
 
 def _execute(ctx, plan_lines, decision, echo):
@@ -166,7 +173,7 @@ def _execute(ctx, plan_lines, decision, echo):
     model_path = run_dir_lib.save_model(run_dir, stripped)
     parity_error = None
     if config.export:
-        method_results["export"], parity_error = _export(ctx, stripped, model_path)
+        method_results["export"], parity_error = _export(ctx, stripped, model_path, echo)
 
     final = sparsity_report(stripped)
     pruned_report = method_results.pop("sparsity", None) or final
