@@ -90,8 +90,9 @@ def machine() -> dict:
     """Cores, CPU model, architecture, platform and GPUs of this machine, for reports.
 
     `cpu_count` is every core of the machine, `affinity_cpus` those this process may run on
-    (None where the platform cannot tell); `gpus` is empty on a CPU-only machine. Listing the
-    GPUs does not initialize them, so TensorFlow's devices can still be configured afterwards.
+    (None where the platform cannot tell); `gpus` lists TensorFlow's physical GPUs
+    (`tf.config.list_physical_devices`) and is empty on a CPU-only machine. A script that
+    configures TensorFlow's devices (visible or logical devices) does so before calling it.
 
     Example:
 
