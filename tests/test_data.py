@@ -12,6 +12,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from kprune import data  # noqa: E402
+from kprune.data import pipelines  # noqa: E402
 
 
 def batches(ds):
@@ -192,7 +193,7 @@ def test_mnist_pipeline_has_no_augmentation(tmp_path):
 def test_crop_and_flip_keep_a_window_of_the_padded_image():
     image = np.arange(6 * 6 * 1, dtype=np.uint8).reshape(6, 6, 1) + 1  # no zeros inside
     ds = tf.data.Dataset.from_tensors((image, np.int64(0))).repeat(40)
-    outputs = [x.numpy() for x, _ in data._augment_crop_flip(ds, seed=0, pad=2)]
+    outputs = [x.numpy() for x, _ in pipelines.augment_crop_flip(ds, seed=0, pad=2)]
     padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
     crops = {padded[i : i + 6, j : j + 6].tobytes() for i in range(5) for j in range(5)}
     flips = {padded[i : i + 6, j : j + 6][:, ::-1].tobytes() for i in range(5) for j in range(5)}

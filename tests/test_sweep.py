@@ -15,7 +15,7 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tools import sweep  # noqa: E402
+from tools import sweep, sweep_cells  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLAGFILE = ROOT / "configs" / "digits.flags"
@@ -66,6 +66,7 @@ def csv_rows(out):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.integration  # the tiny sweep fixture trains 10 cells (~2 min on 2 cores)
 def test_every_cell_is_a_run_with_its_own_seed_and_sparsity(tiny):
     out, stdout = tiny
     names = [
@@ -94,6 +95,7 @@ def test_every_cell_is_a_run_with_its_own_seed_and_sparsity(tiny):
     assert "[ 5/10] lth target 0.7 seed 0: done in" in stdout and "(2 rounds)" in stdout
 
 
+@pytest.mark.integration  # the tiny sweep fixture trains 10 cells (~2 min on 2 cores)
 def test_csv_has_a_row_per_cell_with_exact_sparsities(tiny):
     out, _ = tiny
     rows = csv_rows(out)
@@ -123,6 +125,7 @@ def test_csv_has_a_row_per_cell_with_exact_sparsities(tiny):
     assert by_cell["linear-50-seed0"]["lth_rounds"] == ""
 
 
+@pytest.mark.integration  # the tiny sweep fixture trains 10 cells (~2 min on 2 cores)
 def test_markdown_and_json_summaries_match_the_runs(tiny):
     out, _ = tiny
     text = (out / "sweep.md").read_text()
@@ -161,6 +164,7 @@ def test_markdown_and_json_summaries_match_the_runs(tiny):
     assert groups[("lth", 0.7)]["sparsity_mean"] == 0.75
 
 
+@pytest.mark.integration  # the tiny sweep fixture trains 10 cells (~2 min on 2 cores)
 def test_png_is_drawn(tiny):
     pytest.importorskip("matplotlib")
     import matplotlib.image
@@ -173,6 +177,7 @@ def test_png_is_drawn(tiny):
     assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
+@pytest.mark.integration  # the tiny sweep fixture trains 10 cells (~2 min on 2 cores)
 def test_second_invocation_trains_nothing(tiny):
     out, _ = tiny
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")}
@@ -187,6 +192,7 @@ def test_second_invocation_trains_nothing(tiny):
     assert commands.count("\npython tools/sweep.py --flagfile=") == 2  # both invocations
 
 
+@pytest.mark.integration  # the tiny sweep fixture trains 10 cells (~2 min on 2 cores)
 def test_an_unfinished_cell_is_run_again_and_the_report_keeps_other_cells(tiny, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(tiny[0], out)
@@ -204,6 +210,7 @@ def test_an_unfinished_cell_is_run_again_and_the_report_keeps_other_cells(tiny, 
     assert len(csv_rows(out)) == 10  # lth cells of the first invocation included
 
 
+@pytest.mark.integration  # the tiny sweep fixture trains 10 cells (~2 min on 2 cores)
 def test_without_matplotlib_the_tables_are_still_written(tiny, tmp_path, monkeypatch):
     out = tmp_path / "copy"
     shutil.copytree(tiny[0], out)
@@ -236,6 +243,7 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.integration  # one training in a subprocess (~30 s)
 def test_one_cell_in_its_own_process(tmp_path):
     out = tmp_path / "sweep"
     status, stdout, _ = run_sweep(
@@ -307,6 +315,7 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path, args, message):
     assert not out.exists()
 
 
+@pytest.mark.integration  # the tiny sweep fixture trains 10 cells (~2 min on 2 cores)
 def test_a_sweep_directory_keeps_its_shared_settings(tiny):
     out, _ = tiny
     for more in ([], ["--dry_run"], ["--report_only"]):
@@ -339,7 +348,7 @@ def test_summarize_and_cell_names():
     assert sweep.Cell("dense", None, 0).name == "dense-seed0"
     # Directory names parse back into the same cells.
     for cell in (sweep.Cell("lth", 0.9797, 2), sweep.Cell("snip", 0.5, 10)):
-        match = sweep._CELL_NAME.match(cell.name)
+        match = sweep_cells._CELL_NAME.match(cell.name)
         assert (match["method"], float(match["percent"]) / 100, int(match["seed"])) == (
             cell.method,
             cell.target,

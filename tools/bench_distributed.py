@@ -23,11 +23,12 @@ Devices:
 Usage:
     python tools/bench_distributed.py --quick                       # smoke run, ~1 min on 2 cores
     python tools/bench_distributed.py --devices=gpu --models=vgg19,resnet18 --batch=128
+
+Flags may also come from a file: --flagfile=PATH (one --name=value per line).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -37,8 +38,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kprune._internal.validate import check_choices  # noqa: E402
+from tools import cli  # noqa: E402
 
 # name: (builder name in kprune.models, input shape, classes)
 MODELS = {
@@ -46,6 +51,22 @@ MODELS = {
     "vgg19": ("vgg19", (32, 32, 3), 10),
     "resnet18": ("resnet18", (32, 32, 3), 10),
 }
+
+FLAGS = flags.FlagValues()  # the script's own flags (see tools/cli.py)
+flags.DEFINE_bool("quick", False, "lenet300, few steps (smoke run).", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "devices", None, ["cpu", "gpu"], "Default: gpu if TensorFlow sees one.", flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "models", None, "Comma-separated: " + ",".join(MODELS) + " (default all).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "batch", None, "Global batch (default 128; 64 with --quick).", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "mixed_precision", "off", ["off", "float16", "bfloat16"], "Compute dtype.", flag_values=FLAGS
+)
+flags.DEFINE_string("json", "bench_distributed.json", "Output JSON path.", flag_values=FLAGS)
 
 
 def configure_devices(kind):
@@ -158,31 +179,22 @@ def bench_model(name, batch, strategies, quick):
     return result
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="lenet300, few steps (smoke run)")
-    parser.add_argument("--devices", choices=["cpu", "gpu"], default=None)
-    parser.add_argument("--models", default=None, help="comma-separated: " + ",".join(MODELS))
-    parser.add_argument("--batch", type=int, default=None, help="global batch (default 128)")
-    parser.add_argument("--mixed_precision", choices=["off", "float16", "bfloat16"], default="off")
-    parser.add_argument("--json", default="bench_distributed.json", help="output JSON path")
-    args = parser.parse_args(argv)
-    kind = args.devices or ("gpu" if tf.config.list_physical_devices("GPU") else "cpu")
-    names = (args.models or ("lenet300" if args.quick else ",".join(MODELS))).split(",")
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose from {sorted(MODELS)}")
-    batch = args.batch or (64 if args.quick else 128)
+def main(argv):
+    cli.no_arguments(cli.parse(FLAGS, argv, __doc__))
+    kind = FLAGS.devices or ("gpu" if tf.config.list_physical_devices("GPU") else "cpu")
+    names = FLAGS.models or (["lenet300"] if FLAGS.quick else list(MODELS))
+    names = cli.checked(check_choices, "--models", names, MODELS, "model(s)")
+    batch = FLAGS.batch or (64 if FLAGS.quick else 128)
     if batch < 2 or batch % 2:
-        parser.error(f"--batch must be even (split over 2 replicas). Received: {batch}")
+        raise cli.UsageError(f"--batch must be even (split over 2 replicas). Received: {batch}")
     one, two = configure_devices(kind)
 
     import keras
 
     from tools.benchlib import environment, write_json
 
-    if args.mixed_precision != "off":
-        keras.mixed_precision.set_dtype_policy(f"mixed_{args.mixed_precision}")
+    if FLAGS.mixed_precision != "off":
+        keras.mixed_precision.set_dtype_policy(f"mixed_{FLAGS.mixed_precision}")
     strategies = {1: tf.distribute.get_strategy()}  # places ops on the first device
     if two is not None:
         strategies[2] = tf.distribute.MirroredStrategy(two)
@@ -194,7 +206,7 @@ def main(argv=None):
         f"{'img/s pruned':>13} {'pruned/dense (min-max)':>24} {'update ms':>10}"
     )
     for name in names:
-        r = bench_model(name, batch, strategies, args.quick)
+        r = bench_model(name, batch, strategies, FLAGS.quick)
         results[name] = r
         for replicas, row in r["replicas"].items():
             ratio = row["pruned_over_dense"]
@@ -215,12 +227,12 @@ def main(argv=None):
     payload = {
         "benchmark": "bench_distributed",
         "settings": {
-            "quick": args.quick,
+            "quick": FLAGS.quick,
             "devices": kind,
             "replica_devices": {"1": one, "2": two},
             "strategies": {"1": "default", "2": "MirroredStrategy" if two else None},
             "global_batch": batch,
-            "mixed_precision": args.mixed_precision,
+            "mixed_precision": FLAGS.mixed_precision,
             "data": "one random batch, repeated",
             "optimizer": "SGD(0.01, momentum=0.9)",
             "pruning": "LinearSparsity(0.5, 0.9), global scope; timed steps update no mask",
@@ -229,9 +241,10 @@ def main(argv=None):
         "models": results,
         **environment(),
     }
-    write_json(args.json, payload)
-    print(f"wrote {args.json}")
+    write_json(FLAGS.json, payload)
+    print(f"wrote {FLAGS.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -9,11 +9,12 @@ with a schedule that updates at every step.
 
 Usage:
     python tools/bench_overhead.py [--quick] [--json PATH] [--models lenet300,vgg_like,resnet18]
+
+Flags may also come from a file: --flagfile=PATH (one --name=value per line).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,10 +24,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kprune  # noqa: E402
+from kprune._internal.validate import check_choices  # noqa: E402
+from tools import cli  # noqa: E402
 from tools.benchlib import environment, interleaved_ratio, write_json  # noqa: E402
 
 try:
@@ -40,6 +44,11 @@ MODELS = {
     "vgg_like": (vgg_like, (32, 32, 3), 10, 16),
     "resnet18": (resnet18, (32, 32, 3), 10, 16),
 }
+
+FLAGS = flags.FlagValues()  # the script's own flags (see tools/cli.py)
+flags.DEFINE_bool("quick", False, "Few steps (< 5 min on 2 cores).", flag_values=FLAGS)
+flags.DEFINE_string("json", "bench_overhead.json", "Output JSON path.", flag_values=FLAGS)
+flags.DEFINE_list("models", list(MODELS), "Comma-separated model names.", flag_values=FLAGS)
 
 
 def compiled(model):
@@ -112,23 +121,18 @@ def bench_model(name, quick):
     }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few steps (< 5 min on 2 cores)")
-    parser.add_argument("--json", default="bench_overhead.json", help="output JSON path")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names")
-    args = parser.parse_args(argv)
-    names = [n for n in args.models.split(",") if n]
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose from {sorted(MODELS)}")
+def main(argv):
+    cli.no_arguments(cli.parse(FLAGS, argv, __doc__))
+    names = cli.checked(
+        check_choices, "--models", [n for n in FLAGS.models if n], MODELS, "model(s)"
+    )
     results = {}
     print(
         f"{'model':<10} {'batch':>5} {'dense ms':>9} {'pruned ms':>10} {'ratio':>6} "
         f"{'(min-max)':>13} {'update ms':>10}"
     )
     for name in names:
-        r = bench_model(name, args.quick)
+        r = bench_model(name, FLAGS.quick)
         results[name] = r
         print(
             f"{name:<10} {r['batch']:>5} {r['dense_ms']:>9.2f} {r['pruned_ms']:>10.2f} "
@@ -139,7 +143,7 @@ def main(argv=None):
     payload = {
         "benchmark": "bench_overhead",
         "settings": {
-            "quick": args.quick,
+            "quick": FLAGS.quick,
             "jit_compile": "auto (Keras default)",
             "optimizer": "SGD(0.01, momentum=0.9)",
             "scope": "global",
@@ -147,9 +151,10 @@ def main(argv=None):
         "models": results,
         **environment(),
     }
-    write_json(args.json, payload)
-    print(f"wrote {args.json}")
+    write_json(FLAGS.json, payload)
+    print(f"wrote {FLAGS.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -19,11 +19,12 @@ Usage:
     python tools/bench_saliency.py [--quick] [--json PATH] [--models vgg19,resnet18]
                                    [--methods snip,grasp,synflow,random,magnitude]
                                    [--batch 64] [--device cpu|default] [--train-jit off|auto]
+
+Flags may also come from a file: --flagfile=PATH (one --name=value per line).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -33,10 +34,32 @@ import threading
 import time
 from pathlib import Path
 
+from absl import flags
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python tools/bench_saliency.py` puts tools/ on sys.path
+
+from kprune._internal.validate import check_at_least, check_choices  # noqa: E402
+from tools import cli  # noqa: E402
+from tools.benchlib import environment, write_json  # noqa: E402
+
 MODELS = ("vgg19", "resnet18")
 METHODS = ("snip", "grasp", "synflow", "random", "magnitude")
 INPUT_SHAPE, CLASSES, SPARSITY = (32, 32, 3), 10, 0.9
+
+FLAGS = flags.FlagValues()  # the script's own flags (see tools/cli.py)
+flags.DEFINE_bool("quick", False, "Smoke run: 2 SynFlow rounds.", flag_values=FLAGS)
+flags.DEFINE_string("json", "bench_saliency.json", "Output JSON path.", flag_values=FLAGS)
+flags.DEFINE_list("models", list(MODELS), "Comma-separated model names.", flag_values=FLAGS)
+flags.DEFINE_list("methods", list(METHODS), "Comma-separated methods.", flag_values=FLAGS)
+flags.DEFINE_integer("batch", 64, "Batch size of scoring and step.", flag_values=FLAGS)
+flags.DEFINE_enum("device", "cpu", ["cpu", "default"], "Where the workers run.", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "train-jit", "off", ["off", "auto"], "XLA for the training step.", flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "worker", None, "Internal: MODEL,TASK, one measurement in this process.", flag_values=FLAGS
+)
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -97,7 +120,6 @@ def worker(model_name, task, batch_size, quick, train_jit):
     import numpy as np
     import tensorflow as tf
 
-    sys.path.insert(0, str(ROOT))
     import kprune
 
     builders = _model_zoo()
@@ -162,44 +184,34 @@ def worker(model_name, task, batch_size, quick, train_jit):
 
 
 # -- driver -----------------------------------------------------------------------------------
-def run_worker(model_name, task, args):
+def run_worker(model_name, task):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    if args.device == "cpu":
+    if FLAGS.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", model_name, task]
-    cmd += ["--batch", str(args.batch), "--train-jit", args.train_jit]
-    cmd += ["--quick"] if args.quick else []
+    cmd = [sys.executable, str(Path(__file__).resolve()), f"--worker={model_name},{task}"]
+    cmd += [f"--batch={FLAGS.batch}", f"--train-jit={FLAGS['train-jit'].value}"]
+    cmd += ["--quick"] if FLAGS.quick else []
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"worker {model_name}/{task} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 SynFlow rounds")
-    parser.add_argument("--json", default="bench_saliency.json", help="output JSON path")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
-    parser.add_argument("--batch", type=int, default=64, help="batch size of scoring and step")
-    parser.add_argument("--device", choices=("cpu", "default"), default="cpu")
-    parser.add_argument("--train-jit", choices=("off", "auto"), default="off")
-    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "TASK"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        worker(*args.worker, args.batch, args.quick, args.train_jit)
-        return
-    models = [m for m in args.models.split(",") if m]
-    methods = [m for m in args.methods.split(",") if m]
-    if sorted(set(models) - set(MODELS)):
-        parser.error(f"unknown models {sorted(set(models) - set(MODELS))}; use {MODELS}")
-    if sorted(set(methods) - set(METHODS)):
-        parser.error(f"unknown methods {sorted(set(methods) - set(METHODS))}; use {METHODS}")
-    if args.batch < 1:
-        parser.error(f"--batch must be >= 1, got {args.batch}")
-
-    sys.path.insert(0, str(ROOT))
-    from tools.benchlib import environment, write_json
+def main(argv):
+    cli.no_arguments(cli.parse(FLAGS, argv, __doc__))
+    train_jit = FLAGS["train-jit"].value
+    if FLAGS.worker:
+        if len(FLAGS.worker) != 2:
+            raise cli.UsageError(f"--worker takes MODEL,TASK. Received: {FLAGS.worker}")
+        worker(*FLAGS.worker, FLAGS.batch, FLAGS.quick, train_jit)
+        return 0
+    models = cli.checked(
+        check_choices, "--models", [m for m in FLAGS.models if m], MODELS, "model(s)"
+    )
+    methods = cli.checked(
+        check_choices, "--methods", [m for m in FLAGS.methods if m], METHODS, "method(s)"
+    )
+    cli.checked(check_at_least, "--batch", FLAGS.batch, 1)
 
     _model_zoo()  # fail here, with a clear message, rather than in every worker
 
@@ -210,10 +222,10 @@ def main(argv=None):
     )
     print(header)
     for model_name in models:
-        step = run_worker(model_name, "train_step", args)
+        step = run_worker(model_name, "train_step")
         rows = {"train_step": step}
         for method in methods:
-            r = run_worker(model_name, method, args)
+            r = run_worker(model_name, method)
             r["time_vs_step"] = r["score_s"] / step["step_s"]
             r["memory_vs_step"] = (
                 r["peak_mib"] / step["peak_mib"] if step["peak_mib"] and r["peak_mib"] else None
@@ -230,25 +242,26 @@ def main(argv=None):
     payload = {
         "benchmark": "bench_saliency",
         "settings": {
-            "quick": args.quick,
-            "batch": args.batch,
-            "device": args.device,
+            "quick": FLAGS.quick,
+            "batch": FLAGS.batch,
+            "device": FLAGS.device,
             "input_shape": list(INPUT_SHAPE),
             "classes": CLASSES,
             "sparsity": SPARSITY,
             "batches": 1,
-            "synflow_iterations": 2 if args.quick else 100,
+            "synflow_iterations": 2 if FLAGS.quick else 100,
             "train_step": "SGD(0.01, momentum=0.9), sparse CE from logits",
-            "train_jit_compile": args.train_jit,
+            "train_jit_compile": train_jit,
             "time_vs_step": "scoring wall time (tracing included) / median steady step time",
             "memory_vs_step": "scoring peak RSS growth / first training step's peak RSS growth",
         },
         "results": results,
         **environment(),
     }
-    write_json(args.json, payload)
-    print(f"wrote {args.json}")
+    write_json(FLAGS.json, payload)
+    print(f"wrote {FLAGS.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

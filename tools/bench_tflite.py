@@ -24,25 +24,33 @@ sparse path.
     python tools/bench_tflite.py                 # full run, writes bench_tflite.json
     python tools/bench_tflite.py --quick         # smoke run: small MobileNetV2, few runs
 
+Flags may also come from a file: --flagfile=PATH (one --name=value per line).
+
 Needs the model zoo `kprune.models` (lenet300_100, vgg_like) and, preferably, ai-edge-litert
 (`pip install 'kprune[litert]'`; otherwise tf.lite.Interpreter is used and recorded).
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import json
 import os
 import platform
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
+
+from absl import flags
 
 # Run from a checkout without installing: the repository root holds the kprune package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kprune._internal.validate import check_at_least, check_between, check_choices  # noqa: E402
+from kprune.versions import machine, versions  # noqa: E402
+from tools import cli  # noqa: E402
+from tools.benchlib import write_json  # noqa: E402
 
 MODELS = ("lenet300_100", "mobilenet_v2", "vgg_like")
 ZOO_MODELS = ("lenet300_100", "vgg_like")
@@ -51,37 +59,39 @@ VARIANTS = ("dense_fp32", "dense_int8", "sparse_fp32", "sparse_int8")
 GOALS = {("lenet300_100", "sparse_fp32"): 0.20, ("lenet300_100", "sparse_int8"): 0.10}
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {MODELS}")
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument(
-        "--mobilenet_prune",
-        choices=("pointwise", "all"),
-        default="pointwise",
-        help="pointwise: prune the 1x1 convs and the classifier, keep the stem and depthwise "
-        "convs dense (the layout XNNPACK's sparse path expects); all: prune every conv",
-    )
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--runs", type=int, default=300, help="timed runs per variant")
-    parser.add_argument("--stretch", type=int, default=20, help="runs per timed stretch")
-    parser.add_argument("--warmup", type=int, default=30, help="untimed runs per interpreter")
-    parser.add_argument("--calibration", type=int, default=100, help="int8 calibration samples")
-    parser.add_argument("--no_xnnpack", action="store_true", help="builtin kernels only")
-    parser.add_argument("--quick", action="store_true", help="smoke run (small, few runs)")
-    parser.add_argument("--json", default="bench_tflite.json", help="output JSON path")
-    args = parser.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; choose from {MODELS}")
-    if not 0 < args.sparsity < 1:
-        parser.error(f"--sparsity must be in (0, 1); received {args.sparsity}")
+FLAGS = flags.FlagValues()  # the script's own flags (see tools/cli.py)
+flags.DEFINE_list("models", list(MODELS), f"Subset of {MODELS}.", flag_values=FLAGS)
+flags.DEFINE_float("sparsity", 0.9, "Sparsity of the pruned models, in (0, 1).", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "mobilenet_prune",
+    "pointwise",
+    ["pointwise", "all"],
+    "pointwise: prune the 1x1 convs and the classifier, keep the stem and depthwise convs dense "
+    "(the layout XNNPACK's sparse path expects); all: prune every conv.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "threads", os.cpu_count() or 1, "Threads of the second timing.", flag_values=FLAGS
+)
+flags.DEFINE_integer("runs", 300, "Timed runs per variant.", flag_values=FLAGS)
+flags.DEFINE_integer("stretch", 20, "Runs per timed stretch.", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 30, "Untimed runs per interpreter.", flag_values=FLAGS)
+flags.DEFINE_integer("calibration", 100, "int8 calibration samples.", flag_values=FLAGS)
+flags.DEFINE_bool("no_xnnpack", False, "Builtin kernels only.", flag_values=FLAGS)
+flags.DEFINE_bool("quick", False, "Smoke run (small, few runs).", flag_values=FLAGS)
+flags.DEFINE_string("json", "bench_tflite.json", "Output JSON path.", flag_values=FLAGS)
+
+
+def parse_args(argv):
+    """The settings of a run from the command line (`--quick` shrinks the runs)."""
+    cli.no_arguments(cli.parse(FLAGS, argv, __doc__))
+    args = types.SimpleNamespace(**FLAGS.flag_values_dict())
+    models = [m.strip() for m in args.models if m.strip()]
+    args.models = list(cli.checked(check_choices, "--models", models, MODELS, "model(s)"))
+    cli.checked(check_between, "--sparsity", args.sparsity, 0, 1)
     for name in ("threads", "runs", "stretch", "calibration"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1; received {getattr(args, name)}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0; received {args.warmup}")
+        cli.checked(check_at_least, f"--{name}", getattr(args, name), 1)
+    cli.checked(check_at_least, "--warmup", args.warmup, 0)
     if args.quick:
         args.runs, args.stretch, args.warmup, args.calibration = 20, 5, 3, 8
         args.threads = min(args.threads, 2)
@@ -248,50 +258,16 @@ def bench_model(name, args):
     }
 
 
-def machine():
-    cpu = platform.processor()
+def xnnpack_sparse_path_possible():
+    """Whether XNNPACK could take its sparse (CHW) path here: it is off on x86 CPUs with AVX."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
-            )
+            avx = any(line.startswith("flags") and " avx" in line for line in f)
     except OSError:
-        pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    arch = platform.machine().lower()
-    x86 = arch in ("x86_64", "amd64", "i386", "i686")
-    avx = None
-    if x86:
-        try:
-            with open("/proc/cpuinfo") as f:
-                avx = any(line.startswith("flags") and " avx" in line for line in f)
-        except OSError:
-            pass
-    return {
-        "cpu": cpu,
-        "arch": arch,
-        "cores": os.cpu_count(),
-        "cores_usable": affinity,
-        "platform": platform.platform(),
-        "gpu": None,
-        # XNNPACK's sparse (CHW) kernels are disabled on x86 CPUs with AVX.
-        "xnnpack_sparse_path_possible": (not x86) or (avx is False),
-    }
-
-
-def versions():
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for package in ("tensorflow", "keras", "ai-edge-litert", "numpy"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = None
-    import kprune
-
-    out["kprune"] = kprune.__version__
-    return out
+        return False  # unknown: assume the common case, AVX present
+    return not avx
 
 
 def print_table(results):
@@ -317,7 +293,7 @@ def print_table(results):
         )
 
 
-def main(argv=None):
+def main(argv):
     args = parse_args(argv)
     if any(m in ZOO_MODELS for m in args.models):
         try:
@@ -330,9 +306,9 @@ def main(argv=None):
                 "kprune/models, or restrict the run with --models=mobilenet_v2."
             )
     results = {
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "settings": vars(args),
         "versions": versions(),
-        "machine": machine(),
+        "machine": {**machine(), "xnnpack_sparse_path_possible": xnnpack_sparse_path_possible()},
         "models": {},
     }
     for name in args.models:
@@ -349,11 +325,11 @@ def main(argv=None):
         for (model, variant), target in GOALS.items()
         if model in results["models"]
     ]
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(args.json, results)
     print_table(results)
     print(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -6,48 +6,27 @@ slow drifts of a small shared machine hit both sides alike (see shared/DESIGN.md
 
 Example:
 
->>> info = environment()
->>> sorted(info)[:2]
-['cpu_count', 'cpu_model']
+>>> sorted(environment())
+['date', 'machine', 'versions']
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or the platform's best guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from kprune._internal.files import write_text_atomic
+from kprune.versions import machine, versions
 
 
 def environment() -> dict:
-    """Versions and machine facts to store next to every benchmark figure."""
-    import tensorflow as tf
-
-    from kprune.versions import versions
-
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    """Date, versions and machine (`kprune.versions`) to store next to every benchmark figure."""
     return {
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model(),
-        "gpus": gpus,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+        "machine": machine(),
     }
 
 
@@ -56,6 +35,14 @@ def interleaved_ratio(run_a, run_b, *, pairs, reps):
 
     Returns a dict with per-step medians in milliseconds for A and B and the median, min and
     max of the pairwise ratios B/A.
+
+    Example:
+
+    >>> def steps(n):
+    ...     time.sleep(n / 1000)
+    >>> result = interleaved_ratio(steps, steps, pairs=3, reps=2)
+    >>> result["pairs"], result["ratio_min"] <= result["ratio_median"] <= result["ratio_max"]
+    (3, True)
     """
     times_a, times_b, ratios = [], [], []
     for _ in range(pairs):
@@ -80,7 +67,12 @@ def interleaved_ratio(run_a, run_b, *, pairs, reps):
 
 
 def write_json(path, payload) -> None:
-    """Writes `payload` as indented JSON, creating parent folders."""
+    """Writes `payload` as indented JSON, atomically, creating parent folders.
+
+    Example:
+
+    >>> write_json("bench.json", {"models": {}})  # doctest: +SKIP
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

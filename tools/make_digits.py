@@ -16,17 +16,29 @@ Usage (from the repository root):
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import pathlib
 import sys
 
 import numpy as np
+from absl import flags
 
-OUT = pathlib.Path(__file__).resolve().parents[1] / "kprune" / "data" / "digits.npz"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python tools/make_digits.py` puts tools/ on sys.path
+    sys.path.insert(0, str(ROOT))
+
+from kprune._internal.files import write_bytes_atomic  # noqa: E402
+from tools import cli  # noqa: E402
+
+OUT = ROOT / "kprune" / "data" / "digits.npz"
 SEED = 20240601
 TEST_FRACTION = 0.2
+
+FLAGS = flags.FlagValues()  # the script's own flags (see tools/cli.py)
+flags.DEFINE_bool(
+    "check", False, "Compare with the shipped file; write nothing.", flag_values=FLAGS
+)
 
 
 def build_arrays():
@@ -59,23 +71,21 @@ def serialize(arrays):
     return buffer.getvalue()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with the shipped file")
-    args = parser.parse_args(argv)
+def main(argv):
+    cli.no_arguments(cli.parse(FLAGS, argv, __doc__))
     arrays = build_arrays()
     summary = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in arrays.items())
-    if args.check:
+    if FLAGS.check:
         shipped = np.load(OUT)
         same = all(np.array_equal(shipped[k], v) for k, v in arrays.items())
         print(f"{OUT}: {'matches' if same else 'DIFFERS from'} the regenerated arrays ({summary})")
         return 0 if same else 1
     data = serialize(arrays)
-    OUT.write_bytes(data)
+    write_bytes_atomic(OUT, data)
     digest = hashlib.sha256(data).hexdigest()[:16]
     print(f"wrote {OUT} ({len(data)} bytes, sha256 {digest}): {summary}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

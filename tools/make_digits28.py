@@ -14,25 +14,38 @@ Accuracy on it says nothing about accuracy on MNIST.
 Usage (from the repository root):
 
     python tools/make_digits28.py                       # writes saved_models/data/digits28.npz
-    python tools/make_digits28.py --out /tmp/digits28.npz
+    python tools/make_digits28.py --out /tmp/digits28.npz   # or --out=/tmp/digits28.npz
     python -m kprune.train --flagfile=configs/lenet5.flags \\
         --dataset=npz:saved_models/data/digits28.npz --lr=0.01
 """
 
 from __future__ import annotations
 
-import argparse
-import os
+import io
 import pathlib
 import sys
 
 import numpy as np
+import tensorflow as tf
+from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # `python tools/make_digits28.py` puts tools/ on sys.path
     sys.path.insert(0, str(ROOT))
 
+from kprune._internal.files import write_bytes_atomic  # noqa: E402
+from kprune.data import digits_path  # noqa: E402
+from tools import cli  # noqa: E402
+
 SIZE, BOX = 28, 20
+
+FLAGS = flags.FlagValues()  # the script's own flags (see tools/cli.py)
+flags.DEFINE_string(
+    "out",
+    str(ROOT / "saved_models" / "data" / "digits28.npz"),
+    "Output .npz file (default saved_models/data/digits28.npz).",
+    flag_values=FLAGS,
+)
 
 
 def to_mnist_layout(images):
@@ -44,8 +57,6 @@ def to_mnist_layout(images):
     >>> out.shape, int(out[0, 14, 14, 0]), int(out[0, 0, 0, 0]), int((out > 0).sum())
     ((1, 28, 28, 1), 255, 0, 400)
     """
-    import tensorflow as tf
-
     scaled = tf.image.resize(images.astype("float32") * (255.0 / 16.0), (BOX, BOX), "bilinear")
     scaled = np.clip(np.rint(scaled.numpy()), 0, 255).astype(np.uint8)
     out = np.zeros((len(images), SIZE, SIZE, images.shape[-1]), np.uint8)
@@ -54,16 +65,8 @@ def to_mnist_layout(images):
     return out
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out",
-        default=str(ROOT / "saved_models" / "data" / "digits28.npz"),
-        help="output .npz file (default saved_models/data/digits28.npz)",
-    )
-    args = parser.parse_args(argv)
-    from kprune.data import digits_path
-
+def main(argv):
+    cli.no_arguments(cli.parse(FLAGS, argv, __doc__))
     with np.load(digits_path()) as digits:
         arrays = {
             "x_train": to_mnist_layout(digits["x_train"]),
@@ -71,15 +74,15 @@ def main(argv=None):
             "x_test": to_mnist_layout(digits["x_test"]),
             "y_test": digits["y_test"],
         }
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, out)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_bytes_atomic(out, buffer.getvalue())
     shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
     print(f"wrote {out}: {shapes}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["write_text_atomic"]
+__all__ = ["write_text_atomic", "write_bytes_atomic"]
 
 
 def write_text_atomic(path, text):
@@ -26,4 +26,17 @@ def write_text_atomic(path, text):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_bytes_atomic(path, data):
+    """`write_text_atomic` for bytes (e.g. an `.npz` archive built in memory).
+
+    Example:
+
+    >>> write_bytes_atomic("saved_models/data/digits28.npz", b"...")  # doctest: +SKIP
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
