@@ -20,9 +20,11 @@ How a wrapped layer behaves:
 
 Example:
 
+>>> import numpy as np
+>>> from kprune import LinearSparsity
 >>> layer = PruningWrapper(keras.layers.Dense(4), LinearSparsity(0.0, 0.5, 0, 100))
 >>> y = layer(np.ones((2, 3), "float32"))
->>> [m.shape for m in layer.masks]
+>>> [tuple(m.shape) for m in layer.masks]
 [(3, 4)]
 """
 
@@ -31,8 +33,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.backend.common.variables import AutocastScope
 
+from kprune._internal.compat import maybe_merge_call, no_autocast
+from kprune._internal.validate import check_choice
 from kprune.criteria import get_criterion
 from kprune.masking import SCOPES
 from kprune.schedules import PruningSchedule
@@ -47,7 +50,7 @@ def exact_value(variable):
     `variable.value` is autocast to the compute dtype (e.g. float16) inside `call()`; masks and
     weight updates must be computed on the stored float32 values.
     """
-    with AutocastScope(None):
+    with no_autocast():
         return variable.value
 
 
@@ -98,21 +101,23 @@ class PruningWrapper(keras.layers.Wrapper):
             `get_prunable_weights()`).
         schedule: a `kprune.PruningSchedule`, or None for a fixed mask that training never
             updates (masks set by pruning at initialization or lottery-ticket rounds).
-        scope: `"layer"` (each variable pruned to the target on its own) or `"global"` (one
-            magnitude threshold over all global-scope wrappers of the model).
+        scope: `"global"` (the default, as in `kprune.prune`: one threshold over all
+            global-scope wrappers of the model, which must then share one schedule) or
+            `"layer"` (each variable pruned to the target on its own).
         criterion: which weights a mask update removes: `"magnitude"` (default), `"fggp"`, or
             a `kprune.criteria.Criterion` such as `kprune.FGGP(candidate_rate=0.5)`.
         **kwargs: passed to `keras.layers.Wrapper` (e.g. `name`).
 
     Example:
 
+    >>> from kprune import ConstantSparsity
     >>> conv = PruningWrapper(keras.layers.Conv2D(8, 3), ConstantSparsity(0.5))
     >>> conv.build((None, 16, 16, 3))
     >>> [m.name for m in conv.masks]
     ['kernel_mask']
     """
 
-    def __init__(self, layer, schedule=None, scope="layer", criterion="magnitude", **kwargs):
+    def __init__(self, layer, schedule=None, scope="global", criterion="magnitude", **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "PruningWrapper wraps a Keras 3 layer (keras.layers.Layer). "
@@ -136,8 +141,7 @@ class PruningWrapper(keras.layers.Wrapper):
                 "`schedule` must be a kprune.PruningSchedule (e.g. kprune.LinearSparsity) or "
                 f"None. Received: schedule={schedule!r}"
             )
-        if scope not in SCOPES:
-            raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
+        check_choice("scope", scope, SCOPES)
         criterion = get_criterion(criterion)
         if schedule is not None and schedule.allows_regrowth and not criterion.supports_regrowth:
             raise ValueError(
@@ -360,7 +364,7 @@ class PruningGroup:
         strategy = tf.distribute.get_strategy()
         if tf.distribute.in_cross_replica_context():
             return self._maybe_update(strategy)
-        return tf.__internal__.distribute.interim.maybe_merge_call(self._maybe_update, strategy)
+        return maybe_merge_call(self._maybe_update, strategy)
 
     def _maybe_update(self, strategy):
         step = ops.convert_to_tensor(self.step)
