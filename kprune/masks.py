@@ -20,7 +20,8 @@ import keras
 import numpy as np
 
 from kprune._internal.walk import check_model, walk, weight_key
-from kprune.wrapper import PruningGroup, PruningWrapper
+from kprune.pruning_group import PruningGroup
+from kprune.wrapper import PruningWrapper
 
 __all__ = [
     "apply_masks",

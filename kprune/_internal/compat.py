@@ -23,6 +23,7 @@ import tensorflow as tf
 __all__ = [
     "MissingInternalError",
     "child_layers",
+    "is_legacy_keras_object",
     "no_autocast",
     "maybe_merge_call",
     "multi_worker_trainer_fixes",
@@ -77,6 +78,22 @@ def child_layers(layer):
         layer, "_flatten_layers", "to find the layers nested in a model", "keras.layers.Layer"
     )
     return list(flatten(include_self=False, recursive=False))
+
+
+# Public gap: nothing public tells a Keras 2 / tf_keras object from an unrelated one; their
+# classes live in these modules (Keras 2.13-2.15 moved its engine under `keras.src.engine`).
+_LEGACY_KERAS_MODULES = ("tf_keras", "keras.engine", "keras.src.engine", "tensorflow.python")
+
+
+def is_legacy_keras_object(obj):
+    """True if `obj`'s class comes from Keras 2 / tf_keras (or TF's bundled Keras 2).
+
+    Example:
+
+    >>> is_legacy_keras_object(keras.layers.Dense(2))
+    False
+    """
+    return type(obj).__module__.startswith(_LEGACY_KERAS_MODULES)
 
 
 # Public gap: inside a mixed-precision layer call, `variable.value` is autocast to the compute

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import keras
 
-from kprune._internal.compat import child_layers
+from kprune._internal.compat import child_layers, is_legacy_keras_object
 
 __all__ = [
     "check_model",
@@ -77,8 +77,7 @@ def check_model(model, what):
     """
     if isinstance(model, keras.Model):
         return
-    module = type(model).__module__
-    if module.startswith(("tf_keras", "keras.engine", "keras.src.engine", "tensorflow.python")):
+    if is_legacy_keras_object(model):
         raise TypeError(
             f"{what}() takes a Keras 3 model, but received a legacy Keras 2 / tf_keras "
             f"{type(model).__name__}. kprune works with Keras 3 (`import keras`, keras>=3). "
