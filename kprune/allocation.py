@@ -21,11 +21,10 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from kprune._internal.validate import check_sparsity
+from kprune._internal.validate import check_number, check_sparsity
 
 __all__ = ["erk_densities", "erk_keep_counts", "erk_prune_counts"]
 
@@ -50,18 +49,6 @@ def _check_shapes(shapes):
     return checked
 
 
-def _check_power(power_scale):
-    if isinstance(power_scale, bool) or not isinstance(power_scale, numbers.Real):
-        raise ValueError(
-            f"`power_scale` must be a number >= 0. Received: power_scale={power_scale!r}"
-        )
-    if not (power_scale >= 0 and math.isfinite(power_scale)):
-        raise ValueError(
-            f"`power_scale` must be a number >= 0. Received: power_scale={power_scale!r}"
-        )
-    return float(power_scale)
-
-
 def erk_densities(shapes, sparsity, power_scale=1.0):
     """ERK density (fraction kept) of every tensor, for an overall sparsity `sparsity`.
 
@@ -80,7 +67,7 @@ def erk_densities(shapes, sparsity, power_scale=1.0):
     """
     shapes = _check_shapes(shapes)
     sparsity = check_sparsity("sparsity", sparsity)
-    power_scale = _check_power(power_scale)
+    power_scale = check_number("power_scale", power_scale, minimum=0)
     sizes = np.array([math.prod(s) for s in shapes], dtype=np.float64)
     raw = np.array([(sum(s) / math.prod(s)) ** power_scale for s in shapes], dtype=np.float64)
     budget = (1.0 - sparsity) * sizes.sum()

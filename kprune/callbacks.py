@@ -2,9 +2,15 @@
 
 Example:
 
->>> model = kprune.prune(base_model, kprune.LinearSparsity(0.0, 0.9, 0, 1000))
->>> model.compile("adam", "sparse_categorical_crossentropy")
->>> model.fit(x, y, epochs=5, callbacks=[kprune.PruningCallback()])  # doctest: +SKIP
+>>> import keras, kprune, numpy as np
+>>> base_model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+>>> model = kprune.prune(base_model, kprune.LinearSparsity(0.0, 0.5, 0, 2, frequency=1))
+>>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+>>> x, y = np.ones((8, 4), "float32"), np.zeros(8, "int32")
+>>> history = model.fit(x, y, batch_size=2, epochs=1, verbose=0,
+...                     callbacks=[kprune.PruningCallback()])
+>>> history.history["sparsity"]
+[0.5]
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kprune.api import apply_masks, bind_optimizer, get_masks
+from kprune.masks import apply_masks, bind_optimizer, get_masks
 
 __all__ = ["PruningCallback"]
 

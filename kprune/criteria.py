@@ -24,12 +24,11 @@ Example:
 
 from __future__ import annotations
 
-import numbers
-
 import keras
 import tensorflow as tf
 
 from kprune import scores as scores_lib
+from kprune._internal.validate import check_choice, check_integer, check_number
 from kprune.masking import SCOPES, compute_masks, prune_count, prune_lowest
 from kprune.schedules import ConfigObject, PolynomialDecay
 
@@ -131,29 +130,22 @@ class FGGP(Criterion):
 
     Example:
 
+    >>> import kprune
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> schedule = kprune.PolynomialDecay(0.0, 0.9, 0, 8000, power=3, frequency=2000)
-    >>> pruned = kprune.prune(model, schedule, scope="global", criterion=FGGP())  # doctest: +SKIP
+    >>> pruned = kprune.prune(model, schedule, scope="global", criterion=FGGP())
+    >>> kprune.pruning_wrappers(pruned)[0].criterion
+    FGGP(candidate_rate=0.5, gradient='batch')
     """
 
     needs_gradients = True
     supports_regrowth = False
 
     def __init__(self, candidate_rate=0.5, gradient="batch"):
-        if isinstance(candidate_rate, bool) or not isinstance(candidate_rate, numbers.Real):
-            raise ValueError(
-                "`candidate_rate` must be a number in (0, 1]. "
-                f"Received: candidate_rate={candidate_rate!r}"
-            )
-        if not 0.0 < float(candidate_rate) <= 1.0:
-            raise ValueError(
-                f"`candidate_rate` must be in (0, 1]. Received: candidate_rate={candidate_rate!r}"
-            )
-        if gradient not in _GRADIENT_MODES:
-            raise ValueError(
-                f"`gradient` must be one of {_GRADIENT_MODES}. Received: gradient={gradient!r}"
-            )
-        self.candidate_rate = float(candidate_rate)
-        self.gradient = gradient
+        self.candidate_rate = check_number(
+            "candidate_rate", candidate_rate, minimum=0, maximum=1, open_min=True
+        )
+        self.gradient = check_choice("gradient", gradient, _GRADIENT_MODES)
 
     @property
     def accumulate_gradients(self):
@@ -228,18 +220,8 @@ def fggp_schedule(
     >>> fggp_schedule(100_000, 0.9).end_step
     80000
     """
-    if isinstance(end_fraction, bool) or not isinstance(end_fraction, numbers.Real):
-        raise ValueError(
-            f"`end_fraction` must be a number in (0, 1]. Received: end_fraction={end_fraction!r}"
-        )
-    if not 0.0 < float(end_fraction) <= 1.0:
-        raise ValueError(
-            f"`end_fraction` must be in (0, 1]. Received: end_fraction={end_fraction!r}"
-        )
-    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
-        raise ValueError(
-            f"`total_steps` must be an integer >= 1. Received: total_steps={total_steps!r}"
-        )
+    end_fraction = check_number("end_fraction", end_fraction, minimum=0, maximum=1, open_min=True)
+    total_steps = check_integer("total_steps", total_steps, 1)
     end_step = int(end_fraction * total_steps)
     if end_step < 1:
         raise ValueError(
@@ -282,8 +264,7 @@ def fggp_masks(magnitudes, gradients, old_masks, sparsity, scope="global", candi
     ...            [tf.ones(4)], 0.5)[0].numpy().tolist()
     [0.0, 0.0, 1.0, 1.0]
     """
-    if scope not in SCOPES:
-        raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
+    check_choice("scope", scope, SCOPES)
     magnitudes = [tf.cast(m, tf.float32) for m in magnitudes]
     gradients = [tf.cast(g, tf.float32) for g in gradients]
     active = [tf.not_equal(m, 0) for m in old_masks]

@@ -44,7 +44,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kprune.api import pruning_wrappers
+from kprune._internal.compat import multi_worker_trainer_fixes
+from kprune.masks import pruning_wrappers
 
 __all__ = [
     "STRATEGIES",
@@ -171,8 +172,8 @@ def make_strategy(name="auto", *, tpu=None):
 
     Example:
 
-    >>> make_strategy("mirrored")  # doctest: +SKIP
-    <tensorflow.python.distribute.mirrored_strategy.MirroredStrategy object at ...>
+    >>> type(make_strategy("mirrored")).__name__
+    'MirroredStrategy'
     """
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}. Valid strategies: {', '.join(STRATEGIES)}")
@@ -225,8 +226,7 @@ def describe_strategy(strategy):
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         info["strategy"] = "MultiWorkerMirroredStrategy"  # its class is a private subclass
         resolver = strategy.cluster_resolver
-        spec = resolver.cluster_spec().as_dict()
-        info["workers"] = len(spec.get("chief", [])) + len(spec.get("worker", []))
+        info["workers"] = _worker_count(strategy)
         info["task"] = f"{resolver.task_type}_{resolver.task_id}"
         info["chief"] = bool(extended.should_checkpoint)
     return info
@@ -260,7 +260,10 @@ def masks_identical_across_replicas(model, strategy=None):
 
     Example:
 
-    >>> masks_identical_across_replicas(model)  # doctest: +SKIP
+    >>> import kprune
+    >>> model = kprune.prune(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]),
+    ...                      kprune.ConstantSparsity(0.5))
+    >>> masks_identical_across_replicas(model)
     True
     """
     strategy = strategy or model.distribute_strategy
@@ -284,8 +287,15 @@ class ReplicaMaskCheck(keras.callbacks.Callback):
 
     Example:
 
-    >>> model.fit(data, epochs=3, callbacks=[kprune.PruningCallback(), ReplicaMaskCheck()])
-    ... # doctest: +SKIP
+    >>> import kprune
+    >>> model = kprune.prune(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]),
+    ...                      kprune.ConstantSparsity(0.5))
+    >>> model.compile("sgd", "mse")
+    >>> check = ReplicaMaskCheck()
+    >>> _ = model.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0,
+    ...               callbacks=[kprune.PruningCallback(), check])
+    >>> check.identical, check.replicas
+    (True, 1)
     """
 
     def __init__(self):
@@ -305,73 +315,26 @@ class ReplicaMaskCheck(keras.callbacks.Callback):
 
 
 # -- Keras 3 and MultiWorkerMirroredStrategy --------------------------------------------------
+def _worker_count(strategy):
+    """Training tasks ("chief" and "worker") in the cluster of a multi-worker strategy."""
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return len(spec.get("chief", [])) + len(spec.get("worker", []))
+
+
 def _is_multi_worker(strategy):
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        strategy.extended._in_multi_worker_mode()
+    """True for a `MultiWorkerMirroredStrategy` whose cluster has more than one worker."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        _worker_count(strategy) > 1
     )
 
 
-@contextlib.contextmanager
 def _keras_multi_worker_fixes():
-    """Lets Keras 3's `fit`/`evaluate` run under a multi-worker `MultiWorkerMirroredStrategy`.
+    """`compat.multi_worker_trainer_fixes` for multi-worker strategies, as a context manager.
 
-    Keras 3.15's TensorFlow trainer fails there in two places (keras-team/keras#20585,
-    tensorflow/tensorflow#72388): before training it asks the strategy to reduce the first
-    batch as one nested structure, which `MultiWorkerMirroredStrategy.reduce` rejects; and it
-    reduces every step's logs with `axis=0`, which fails on scalar losses and metrics. While
-    this context is active, and only for multi-worker strategies, the first batch is read from
-    the local replica (it only gives shapes for building) and scalar logs are averaged over the
-    replicas with `axis=None`; anything else goes to Keras' own code unchanged. The original
-    functions are restored on exit. Where those Keras internals are missing (a Keras that
-    changed them) nothing is patched.
+    Raises `kprune._internal.compat.MissingInternalError` if the Keras internals it patches
+    are missing, instead of training on without the fixes.
     """
-    try:
-        from keras.src.backend.tensorflow import trainer as tf_trainer
-
-        original_reduce = tf_trainer.reduce_per_replica
-        original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
-    except (ImportError, AttributeError):
-        yield
-        return
-    if getattr(original_reduce, "_kprune_fix", False):  # already active (nested use)
-        yield
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction != "auto" or not _is_multi_worker(strategy):
-            return original_reduce(values, strategy, reduction)
-
-        def reduce(value):
-            if value.shape.rank == 0:
-                return strategy.reduce("MEAN", value, axis=None)
-            return original_reduce(value, strategy, reduction)
-
-        return tf.nest.map_structure(reduce, values)
-
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = self.distribute_strategy
-        if iterator is None or not _is_multi_worker(strategy):
-            return original_build(self, iterator=iterator, data_batch=data_batch)
-        for _, _, batches in iterator:
-            data_batch = tf.nest.map_structure(
-                lambda v: (
-                    strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues)
-                    else v
-                ),
-                next(batches),
-            )
-            break
-        return original_build(self, data_batch=data_batch)
-
-    reduce_per_replica._kprune_fix = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
-    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
-    try:
-        yield
-    finally:
-        tf_trainer.reduce_per_replica = original_reduce
-        tf_trainer.TensorFlowTrainer._maybe_symbolic_build = original_build
+    return multi_worker_trainer_fixes(_is_multi_worker)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from kprune._internal.validate import check_choice
+
 __all__ = ["SCOPES", "prune_count", "prune_lowest", "compute_masks", "sortable_keys"]
 
 SCOPES = ("layer", "global")
@@ -116,11 +118,10 @@ def compute_masks(scores, old_masks, sparsity, scope="layer", monotone=True):
 
     >>> w = [tf.constant([1.0, -4.0, 2.0, 0.5])]
     >>> m = compute_masks([tf.abs(w[0])], [tf.ones(4)], 0.5)
-    >>> m[0].numpy().tolist()
-    [1.0, 1.0, 1.0, 0.0]
+    >>> m[0].numpy().tolist()  # the two smallest |w| (0.5 and 1.0) are pruned
+    [0.0, 1.0, 1.0, 0.0]
     """
-    if scope not in SCOPES:
-        raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
+    check_choice("scope", scope, SCOPES)
     scores = [tf.cast(s, tf.float32) for s in scores]
     active = [tf.not_equal(m, 0) for m in old_masks]
     if monotone:

@@ -19,12 +19,10 @@ Example:
 
 from __future__ import annotations
 
-import numbers
-
 import keras
 import tensorflow as tf
 
-from kprune._internal.validate import check_sparsity
+from kprune._internal.validate import check_choice, check_integer, check_number, check_sparsity
 
 __all__ = [
     "ConfigObject",
@@ -38,14 +36,15 @@ __all__ = [
 _RAMPS = ("linear", "cubic")
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    if int(value) != value:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
+def _check_required(cls, **arguments):
+    """TypeError naming the first required argument that was left out.
+
+    The arguments after `initial_sparsity` have a default (None) only so that
+    `initial_sparsity` can default to 0 and still come first.
+    """
+    for name, value in arguments.items():
+        if value is None:
+            raise TypeError(f"{cls.__name__}() missing required argument: '{name}'")
 
 
 def _check_span(begin_step, end_step):
@@ -155,16 +154,16 @@ class ConstantSparsity(PruningSchedule):
 
     def __init__(self, target_sparsity, begin_step=0, end_step=None, frequency=100):
         self.target_sparsity = check_sparsity("target_sparsity", target_sparsity)
-        self.begin_step = _check_int("begin_step", begin_step, 0)
+        self.begin_step = check_integer("begin_step", begin_step, 0)
         if end_step is None:
             end_step = self.begin_step
-        self.end_step = _check_int("end_step", end_step, 0)
+        self.end_step = check_integer("end_step", end_step, 0)
         if self.end_step < self.begin_step:
             raise ValueError(
                 "`end_step` must be >= `begin_step`. "
                 f"Received: begin_step={begin_step}, end_step={end_step}"
             )
-        self.frequency = _check_int("frequency", frequency, 1)
+        self.frequency = check_integer("frequency", frequency, 1)
 
     def __call__(self, step):
         should = _in_window(step, self.begin_step, self.end_step, self.frequency)
@@ -188,15 +187,30 @@ class ConstantSparsity(PruningSchedule):
 
 
 class _RampSchedule(PruningSchedule):
-    """Shared constructor and config of schedules that go from an initial to a final sparsity."""
+    """Shared constructor and config of schedules that go from an initial to a final sparsity.
 
-    def __init__(self, initial_sparsity, final_sparsity, begin_step, end_step, frequency=100):
+    `initial_sparsity` comes first (as in tfmot) and defaults to 0, so both
+    `LinearSparsity(0.0, 0.9, 0, 1000)` and `LinearSparsity(final_sparsity=0.9, begin_step=0,
+    end_step=1000)` work; the arguments after it are required all the same.
+    """
+
+    def __init__(
+        self,
+        initial_sparsity=0.0,
+        final_sparsity=None,
+        begin_step=None,
+        end_step=None,
+        frequency=100,
+    ):
+        _check_required(
+            type(self), final_sparsity=final_sparsity, begin_step=begin_step, end_step=end_step
+        )
         self.initial_sparsity = check_sparsity("initial_sparsity", initial_sparsity)
         self._final_sparsity = check_sparsity("final_sparsity", final_sparsity)
-        self.begin_step = _check_int("begin_step", begin_step, 0)
-        self.end_step = _check_int("end_step", end_step, 0)
+        self.begin_step = check_integer("begin_step", begin_step, 0)
+        self.end_step = check_integer("end_step", end_step, 0)
         _check_span(self.begin_step, self.end_step)
-        self.frequency = _check_int("frequency", frequency, 1)
+        self.frequency = check_integer("frequency", frequency, 1)
 
     @property
     def final_sparsity(self):
@@ -224,10 +238,11 @@ class LinearSparsity(_RampSchedule):
     an update every `frequency` steps in `[begin_step, end_step]` and always at `end_step`.
 
     Args:
-        initial_sparsity: sparsity at `begin_step`, in [0, 1).
-        final_sparsity: sparsity from `end_step` on, in [0, 1).
-        begin_step: first step of pruning.
+        initial_sparsity: sparsity at `begin_step`, in [0, 1); default 0 (a dense start).
+        final_sparsity: sparsity from `end_step` on, in [0, 1). Required.
+        begin_step: first step of pruning. Required.
         end_step: step at which `final_sparsity` is reached; must exceed `begin_step`.
+            Required.
         frequency: steps between mask updates.
 
     Example:
@@ -235,6 +250,8 @@ class LinearSparsity(_RampSchedule):
     >>> schedule = LinearSparsity(0.0, 0.8, begin_step=100, end_step=500, frequency=50)
     >>> round(float(schedule(tf.constant(300, tf.int64))[1]), 3)
     0.4
+    >>> LinearSparsity(final_sparsity=0.9, begin_step=0, end_step=1000).initial_sparsity
+    0.0
     """
 
     def __call__(self, step):
@@ -252,7 +269,8 @@ class PolynomialDecay(_RampSchedule):
     `begin_step` to `end_step`; updates every `frequency` steps and always at `end_step`.
 
     Args:
-        initial_sparsity, final_sparsity, begin_step, end_step, frequency: as `LinearSparsity`.
+        initial_sparsity, final_sparsity, begin_step, end_step, frequency: as `LinearSparsity`
+            (`initial_sparsity` defaults to 0; the other three are required).
         power: exponent of the decay, > 0 (3 as published).
 
     Example:
@@ -263,12 +281,16 @@ class PolynomialDecay(_RampSchedule):
     """
 
     def __init__(
-        self, initial_sparsity, final_sparsity, begin_step, end_step, power=3, frequency=100
+        self,
+        initial_sparsity=0.0,
+        final_sparsity=None,
+        begin_step=None,
+        end_step=None,
+        power=3,
+        frequency=100,
     ):
         super().__init__(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
-        if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
-            raise ValueError(f"`power` must be a number > 0. Received: power={power!r}")
-        self.power = float(power)
+        self.power = check_number("power", power, minimum=0, open_min=True)
 
     def __call__(self, step):
         p = _progress(step, self.begin_step, self.end_step)
@@ -328,20 +350,18 @@ class CyclicalSparsity(PruningSchedule):
         self._final_sparsity = check_sparsity("final_sparsity", final_sparsity)
         self.initial_sparsity = check_sparsity("initial_sparsity", initial_sparsity)
         self.cycle_start_sparsity = check_sparsity("cycle_start_sparsity", cycle_start_sparsity)
-        self.begin_step = _check_int("begin_step", begin_step, 0)
-        self.end_step = _check_int("end_step", end_step, 0)
+        self.begin_step = check_integer("begin_step", begin_step, 0)
+        self.end_step = check_integer("end_step", end_step, 0)
         _check_span(self.begin_step, self.end_step)
-        self.cycles = _check_int("cycles", cycles, 1)
+        self.cycles = check_integer("cycles", cycles, 1)
         if self.end_step - self.begin_step + 1 < 2 * self.cycles:
             raise ValueError(
                 "Each cycle needs at least 2 steps: `end_step - begin_step + 1` must be >= "
                 f"2 * cycles. Received: begin_step={begin_step}, end_step={end_step}, "
                 f"cycles={cycles}"
             )
-        if ramp not in _RAMPS:
-            raise ValueError(f"`ramp` must be one of {_RAMPS}. Received: ramp={ramp!r}")
-        self.ramp = ramp
-        self.frequency = _check_int("frequency", frequency, 1)
+        self.ramp = check_choice("ramp", ramp, _RAMPS)
+        self.frequency = check_integer("frequency", frequency, 1)
 
     def cycle_bounds(self):
         """First step of every cycle, plus `end_step + 1`: a list of `cycles + 1` integers."""

@@ -20,9 +20,11 @@ How a wrapped layer behaves:
 
 Example:
 
+>>> import numpy as np
+>>> from kprune import LinearSparsity
 >>> layer = PruningWrapper(keras.layers.Dense(4), LinearSparsity(0.0, 0.5, 0, 100))
 >>> y = layer(np.ones((2, 3), "float32"))
->>> [m.shape for m in layer.masks]
+>>> [tuple(m.shape) for m in layer.masks]
 [(3, 4)]
 """
 
@@ -31,34 +33,16 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.backend.common.variables import AutocastScope
 
+from kprune._internal.validate import check_choice
 from kprune.criteria import get_criterion
 from kprune.masking import SCOPES
+from kprune.pruning_group import PruningGroup, apply_mask, exact_value
 from kprune.schedules import PruningSchedule
 from kprune.targets import check_supported, is_prunable, prunable_weights
 
-__all__ = ["PruningWrapper", "PruningGroup", "MaskConstraint"]
-
-
-def exact_value(variable):
-    """The variable's value in its own dtype, also inside a mixed-precision layer call.
-
-    `variable.value` is autocast to the compute dtype (e.g. float16) inside `call()`; masks and
-    weight updates must be computed on the stored float32 values.
-    """
-    with AutocastScope(None):
-        return variable.value
-
-
-def apply_mask(value, mask):
-    """`value` where `mask` is non-zero, exactly 0 elsewhere (also where `value` is NaN or inf).
-
-    A product `value * mask` would leave NaN in pruned positions of a diverged run; pruned
-    weights must stay exactly zero whatever happens to the rest. `multiply_no_nan` does that
-    in one op (it runs after every optimizer update, so its cost counts).
-    """
-    return tf.math.multiply_no_nan(value, tf.cast(mask, value.dtype))
+# PruningGroup, apply_mask and exact_value live in kprune.pruning_group; importable from here.
+__all__ = ["PruningWrapper", "PruningGroup", "MaskConstraint", "apply_mask", "exact_value"]
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -98,21 +82,23 @@ class PruningWrapper(keras.layers.Wrapper):
             `get_prunable_weights()`).
         schedule: a `kprune.PruningSchedule`, or None for a fixed mask that training never
             updates (masks set by pruning at initialization or lottery-ticket rounds).
-        scope: `"layer"` (each variable pruned to the target on its own) or `"global"` (one
-            magnitude threshold over all global-scope wrappers of the model).
+        scope: `"global"` (the default, as in `kprune.prune`: one threshold over all
+            global-scope wrappers of the model, which must then share one schedule) or
+            `"layer"` (each variable pruned to the target on its own).
         criterion: which weights a mask update removes: `"magnitude"` (default), `"fggp"`, or
             a `kprune.criteria.Criterion` such as `kprune.FGGP(candidate_rate=0.5)`.
         **kwargs: passed to `keras.layers.Wrapper` (e.g. `name`).
 
     Example:
 
+    >>> from kprune import ConstantSparsity
     >>> conv = PruningWrapper(keras.layers.Conv2D(8, 3), ConstantSparsity(0.5))
     >>> conv.build((None, 16, 16, 3))
     >>> [m.name for m in conv.masks]
     ['kernel_mask']
     """
 
-    def __init__(self, layer, schedule=None, scope="layer", criterion="magnitude", **kwargs):
+    def __init__(self, layer, schedule=None, scope="global", criterion="magnitude", **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "PruningWrapper wraps a Keras 3 layer (keras.layers.Layer). "
@@ -136,8 +122,7 @@ class PruningWrapper(keras.layers.Wrapper):
                 "`schedule` must be a kprune.PruningSchedule (e.g. kprune.LinearSparsity) or "
                 f"None. Received: schedule={schedule!r}"
             )
-        if scope not in SCOPES:
-            raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
+        check_choice("scope", scope, SCOPES)
         criterion = get_criterion(criterion)
         if schedule is not None and schedule.allows_regrowth and not criterion.supports_regrowth:
             raise ValueError(
@@ -314,118 +299,3 @@ def _record_gradient(value, record, accumulate):
         return tf.identity(x), grad
 
     return identity(value)
-
-
-class PruningGroup:
-    """Wrappers pruned together: one schedule, one step counter, one selection per update.
-
-    Made by `kprune.bind_optimizer()`. The first wrapper of the group (in the model's layer
-    order) is the leader: its `call()` runs the update for the whole group, so a global
-    threshold is computed once per update. A wrapper called before the leader in the same step
-    runs that step's forward pass with its previous mask; the post-update constraint still
-    leaves every pruned weight at exactly zero.
-
-    Args:
-        wrappers: built `PruningWrapper`s sharing `schedule`, `scope` and `criterion`.
-        schedule: their `PruningSchedule`.
-        scope: `"layer"` or `"global"`.
-        step: the optimizer's `iterations` variable.
-        slots: for each wrapper, for each pruned variable, the optimizer variables shaped like
-            it (momentum, Adam moments, ...), zeroed where a weight is pruned.
-
-    Example:
-
-    >>> # normally made for you: kprune.bind_optimizer(model, model.optimizer)
-    """
-
-    def __init__(self, wrappers, schedule, scope, step, slots):
-        self.wrappers = list(wrappers)
-        self.leader = self.wrappers[0]
-        self.criterion = self.leader.criterion
-        self.schedule = schedule
-        self.scope = scope
-        self.step = step
-        self.slots = slots
-
-    def maybe_update(self):
-        """Runs the schedule at the current step and, if it says so, updates all masks.
-
-        Under a `tf.distribute` strategy the update runs once in cross-replica context (through
-        `merge_call`, as Keras' own optimizer updates do): tf.distribute cannot assign mirrored
-        variables from replica context inside a `tf.cond`. The masks are then computed from the
-        mirrored weights and written to every replica, so they are identical everywhere.
-        """
-        if not tf.distribute.has_strategy():
-            return self._maybe_update(None)
-        strategy = tf.distribute.get_strategy()
-        if tf.distribute.in_cross_replica_context():
-            return self._maybe_update(strategy)
-        return tf.__internal__.distribute.interim.maybe_merge_call(self._maybe_update, strategy)
-
-    def _maybe_update(self, strategy):
-        step = ops.convert_to_tensor(self.step)
-        # Only `should_update` is needed on ordinary steps; the target is computed inside the
-        # branch, so its ops run on update steps only (unused ops outside are pruned).
-        should_update, _ = self.schedule(step)
-
-        def update():
-            _, target = self.schedule(step)
-            return self.update(target, strategy)
-
-        return tf.cond(should_update, update, lambda: tf.constant(False))
-
-    def update(self, target, strategy=None):
-        """Recomputes every mask of the group for sparsity `target` (graph or eager).
-
-        With a `strategy` (cross-replica context), every replica's copy of the masks, weights,
-        slots and gradient records is written through `strategy.extended.update`.
-        """
-        variables, masks, slots, records = [], [], [], []
-        for wrapper, wrapper_slots in zip(self.wrappers, self.slots):
-            variables.extend(wrapper.pruned_weights)
-            masks.extend(wrapper.masks)
-            slots.extend(wrapper_slots)
-            records.extend(wrapper.gradient_records)
-        values = [exact_value(v) for v in variables]
-        new_masks = self.criterion.masks(
-            values,
-            [exact_value(m) for m in masks],
-            [exact_value(r) for r in records] if self.criterion.needs_gradients else None,
-            target,
-            scope=self.scope,
-            monotone=not self.schedule.allows_regrowth,
-        )
-        for v, value, m, v_slots, new in zip(variables, values, masks, slots, new_masks):
-            if strategy is None:
-                # Dtypes come from the stored values: inside a mixed-precision call, `v.dtype`
-                # reports the compute dtype (e.g. bfloat16) while the variable holds float32.
-                m.assign(ops.cast(new, exact_value(m).dtype))
-                v.assign(apply_mask(value, new))
-                for s in v_slots:
-                    s.assign(apply_mask(exact_value(s), new))
-            else:
-                _on_every_replica(strategy, m, _assign_mask, new)
-                for x in (v, *v_slots):
-                    _on_every_replica(strategy, x, _multiply_by_mask, new)
-        if self.criterion.accumulate_gradients:
-            # Running sums restart after every update.
-            for r in records:
-                zeros = ops.zeros_like(exact_value(r))
-                if strategy is None:
-                    r.assign(zeros)
-                else:
-                    _on_every_replica(strategy, r, _assign_mask, zeros)
-        return tf.constant(True)
-
-
-def _assign_mask(variable, mask):
-    return variable.assign(tf.cast(mask, variable.dtype))
-
-
-def _multiply_by_mask(variable, mask):
-    return variable.assign(apply_mask(variable, mask))
-
-
-def _on_every_replica(strategy, variable, fn, mask):
-    """`fn(copy, mask)` for every replica's copy of a Keras variable (cross-replica context)."""
-    strategy.extended.update(exact_value(variable), fn, args=(mask,), group=False)

@@ -33,6 +33,28 @@ def nested_model():
     return keras.Model(inputs, outputs, name="outer")
 
 
+def test_prune_scope_defaults_to_global_and_layer_scope_is_per_tensor():
+    # Defaults agree across prune(), PruningWrapper, masks_at_init and the CLI: "global".
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, name="a"), keras.layers.Dense(4, name="b")]
+    )
+    model.get_layer("a").kernel.assign(np.full((8, 16), 10.0))  # far above every weight of b
+    pruned = kprune.prune(model, ConstantSparsity(0.5))
+    assert {w.scope for w in kprune.pruning_wrappers(pruned)} == {"global"}
+    assert kprune.PruningWrapper(keras.layers.Dense(2)).scope == "global"
+    layer_wise = kprune.prune(model, ConstantSparsity(0.5), scope="layer")
+    assert {w.scope for w in kprune.pruning_wrappers(layer_wise)} == {"layer"}
+    x = np.ones((2, 8), "float32")
+    for net in (pruned, layer_wise):
+        net.compile("sgd", "mse")
+        net.fit(x, np.zeros((2, 4)), epochs=1, verbose=0, callbacks=[kprune.PruningCallback()])
+    zeros = {k: int((m == 0).sum()) for k, m in kprune.get_masks(pruned).items()}
+    # One threshold: 96 of all 192 go, all 64 small weights of b first, then 32 of a.
+    assert zeros == {"a/kernel": 32, "b/kernel": 64}
+    layer_zeros = {k: int((m == 0).sum()) for k, m in kprune.get_masks(layer_wise).items()}
+    assert layer_zeros == {"a/kernel": 64, "b/kernel": 32}
+
+
 def test_prune_keeps_weights_and_predictions():
     model = small_cnn()
     x = np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype("float32")
@@ -125,6 +147,7 @@ def test_set_masks_validates():
         kprune.set_masks(model, {"fc/kernel": np.full((2, 1), 0.5)})
 
 
+@pytest.mark.integration  # ~40 s on a 2-core machine
 def test_mobilenet_v2_pruned_trained_and_stripped():
     base = keras.applications.MobileNetV2(
         input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=4

@@ -281,8 +281,8 @@ def test_grouping_and_errors():
     # Layer scope: one group per (schedule, criterion).
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6,))
-    h = kprune.PruningWrapper(keras.layers.Dense(4), schedule, criterion="fggp")(inputs)
-    out = kprune.PruningWrapper(keras.layers.Dense(3), schedule)(h)
+    h = kprune.PruningWrapper(keras.layers.Dense(4), schedule, "layer", "fggp")(inputs)
+    out = kprune.PruningWrapper(keras.layers.Dense(3), schedule, "layer")(h)
     model = keras.Model(inputs, out)
     groups = kprune.bind_optimizer(model, keras.optimizers.SGD())
     assert sorted(type(g.criterion).__name__ for g in groups) == ["FGGP", "Magnitude"]

@@ -112,6 +112,36 @@ def test_bad_arguments_name_the_argument_and_value(factory, name, value):
     assert name in str(info.value) and value in str(info.value)
 
 
+@pytest.mark.parametrize("cls", [LinearSparsity, PolynomialDecay])
+def test_initial_sparsity_defaults_to_zero_and_positional_calls_still_work(cls):
+    by_keyword = cls(final_sparsity=0.9, begin_step=0, end_step=1000)
+    assert by_keyword.initial_sparsity == 0.0
+    assert by_keyword == cls(0.0, 0.9, 0, 1000)
+    assert cls(0.2, 0.9, 0, 1000).initial_sparsity == 0.2
+    with pytest.raises(TypeError, match="missing required argument: 'end_step'"):
+        cls(final_sparsity=0.9, begin_step=0)
+    with pytest.raises(TypeError, match="missing required argument: 'final_sparsity'"):
+        cls(begin_step=0, end_step=10)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda step: LinearSparsity(0.0, 0.5, step, 10),
+        lambda step: ConstantSparsity(0.5, begin_step=step),
+        lambda step: CyclicalSparsity(0.5, 0, 10, cycles=step),
+        lambda step: PolynomialDecay(0.0, 0.5, 0, 10, frequency=step),
+    ],
+)
+def test_integer_arguments_take_integral_types_only(factory):
+    # One rule across kprune (kprune._internal.validate.check_integer): Python and numpy
+    # integers are accepted; integral floats such as 2.0 are refused, like bools.
+    assert factory(np.int64(2)) == factory(2)
+    for bad in (2.0, np.float32(2.0), True):
+        with pytest.raises(ValueError, match="must be an integer"):
+            factory(bad)
+
+
 @pytest.mark.parametrize(
     "schedule",
     [

@@ -56,7 +56,7 @@ def check_exact_zeros(model):
 def test_fit_reaches_exact_layer_sparsity(jit_compile):
     x, y = toy_data()
     schedule = LinearSparsity(0.0, 0.9, begin_step=0, end_step=30, frequency=7)
-    model = compile_model(kprune.prune(mlp(), schedule), jit_compile=jit_compile)
+    model = compile_model(kprune.prune(mlp(), schedule, scope="layer"), jit_compile=jit_compile)
     history = model.fit(
         x, y, batch_size=32, epochs=5, verbose=0, callbacks=[kprune.PruningCallback()]
     )
@@ -83,7 +83,7 @@ def test_global_scope_prunes_round_s_n_in_total():
 def test_masks_only_shrink_during_magnitude_pruning():
     x, y = toy_data()
     schedule = LinearSparsity(0.0, 0.8, begin_step=0, end_step=24, frequency=8)
-    model = compile_model(kprune.prune(mlp(), schedule), jit_compile=False)
+    model = compile_model(kprune.prune(mlp(), schedule, scope="layer"), jit_compile=False)
     callback = kprune.PruningCallback()
     previous = None
     for _ in range(4):
@@ -99,7 +99,7 @@ def test_masks_only_shrink_during_magnitude_pruning():
 def test_pruned_weights_stay_zero_under_adam_with_weight_decay():
     x, y = toy_data()
     model = compile_model(
-        kprune.prune(mlp(), ConstantSparsity(0.5, begin_step=0)),
+        kprune.prune(mlp(), ConstantSparsity(0.5, begin_step=0), scope="layer"),
         optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.1),
     )
     model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[kprune.PruningCallback()])
@@ -126,7 +126,7 @@ def test_optimizer_slots_are_zeroed_where_weights_are_pruned():
 def test_steps_per_execution_keeps_schedule_on_optimizer_steps():
     x, y = toy_data()
     schedule = LinearSparsity(0.0, 0.5, begin_step=0, end_step=10, frequency=5)
-    model = compile_model(kprune.prune(mlp(), schedule), steps_per_execution=4)
+    model = compile_model(kprune.prune(mlp(), schedule, scope="layer"), steps_per_execution=4)
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[kprune.PruningCallback()])
     assert int(model.optimizer.iterations.numpy()) == 16
     assert masked_zero_counts(model) == {"hidden/kernel": 320, "logits/kernel": 64}
@@ -202,7 +202,8 @@ def test_fit_from_dense_to_90_percent_keeps_learning():
 
 def test_custom_training_loop_with_bind_optimizer():
     x, y = toy_data()
-    model = kprune.prune(mlp(), LinearSparsity(0.0, 0.6, begin_step=0, end_step=10, frequency=5))
+    schedule = LinearSparsity(0.0, 0.6, begin_step=0, end_step=10, frequency=5)
+    model = kprune.prune(mlp(), schedule, scope="layer")
     optimizer = keras.optimizers.Adam(0.01)
     groups = kprune.bind_optimizer(model, optimizer)
     assert len(groups) == 1 and groups[0].leader is model.get_layer("hidden")
@@ -225,7 +226,7 @@ def test_custom_training_loop_with_bind_optimizer():
 def test_cyclical_restart_unmasks_pruned_weights_and_they_move_again():
     x, y = toy_data()
     schedule = CyclicalSparsity(0.8, begin_step=0, end_step=31, cycles=2, frequency=4)
-    model = compile_model(kprune.prune(mlp(), schedule), jit_compile=False)
+    model = compile_model(kprune.prune(mlp(), schedule, scope="layer"), jit_compile=False)
     callback = kprune.PruningCallback()
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])  # steps 0..15
     pruned_in_cycle_1 = kprune.get_masks(model)["hidden/kernel"] == 0

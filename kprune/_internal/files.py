@@ -2,7 +2,11 @@
 
 Example:
 
->>> write_text_atomic(Path("results.json"), "{}\\n")  # doctest: +SKIP
+>>> import tempfile
+>>> path = Path(tempfile.mkdtemp()) / "results.json"
+>>> write_text_atomic(path, "{}")
+>>> path.read_text()
+'{}'
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ def write_text_atomic(path, text):
 
     Example:
 
-    >>> write_text_atomic("run/results.json", "{}\\n")  # doctest: +SKIP
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "results.json"
+    >>> write_text_atomic(path, "first")
+    >>> write_text_atomic(path, "second")
+    >>> path.read_text(), sorted(p.name for p in path.parent.iterdir())
+    ('second', ['results.json'])
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

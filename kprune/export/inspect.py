@@ -20,7 +20,8 @@ import keras
 import numpy as np
 
 from kprune._internal.compat import tflite_schema
-from kprune.api import _walk, _weight_key
+from kprune._internal.walk import weight_key as _weight_key
+from kprune.masks import walk_model as _walk
 from kprune.targets import is_prunable, prunable_weights
 
 __all__ = ["read_tflite_weights"]

@@ -21,8 +21,8 @@ import warnings
 import tensorflow as tf
 
 from kprune._internal.validate import check_choice, check_integer
-from kprune.api import _walk
 from kprune.export.inputs import _InputSpec, _num_samples, _plain_model, _take_samples
+from kprune.masks import walk_model as _walk
 
 __all__ = [
     "FORMATS",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import keras
 
+from kprune._internal.validate import check_integer
 from kprune.models.lenet import lenet5_caffe, lenet300_100
 from kprune.models.resnet import resnet18, resnet20, resnet32, resnet50
 from kprune.models.vgg import vgg19, vgg_like
@@ -101,8 +102,7 @@ def build_model(name, input_shape, num_classes, **kwargs):
     >>> build_model("resnet20", (32, 32, 3), 10).name
     'resnet20'
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an integer >= 2. Received: {num_classes!r}")
+    num_classes = check_integer("num_classes", num_classes, 2)
     input_shape = tuple(int(d) for d in input_shape)
     if name in _BUILDERS:
         return _BUILDERS[name](input_shape, num_classes, **kwargs)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import keras
 
+from kprune._internal.validate import check_image_shape
+
 __all__ = ["lenet300_100", "lenet5_caffe"]
 
 
@@ -66,12 +68,7 @@ def lenet5_caffe(input_shape, num_classes, *, kernel_initializer="he_normal"):
     >>> lenet5_caffe((28, 28, 1), 10).count_params()
     431080
     """
-    shape = tuple(input_shape)
-    if len(shape) != 3 or min(shape[:2]) < 16:
-        raise ValueError(
-            "lenet5_caffe needs images of shape (height, width, channels) of at least 16x16. "
-            f"Received: input_shape={shape}"
-        )
+    shape = check_image_shape("lenet5_caffe", input_shape, 16)
     inputs = keras.Input(shape=shape, name="image")
     x = keras.layers.Conv2D(20, 5, kernel_initializer=kernel_initializer, name="conv1")(inputs)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import keras
 
+from kprune._internal.validate import check_choice, check_image_shape
+
 __all__ = ["resnet18", "resnet50", "resnet20", "resnet32"]
 
 _BN = {"momentum": 0.9, "epsilon": 1e-5}  # PyTorch's defaults, as in the references
@@ -98,14 +100,6 @@ def _bottleneck_block(x, filters, stride, name, init):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def _check_image_shape(name, shape):
-    if len(shape) != 3 or min(shape[:2]) < 8:
-        raise ValueError(
-            f"{name} needs images of shape (height, width, channels) of at least 8x8. "
-            f"Received: input_shape={shape}"
-        )
-
-
 def _stem(inputs, filters, init):
     x = _conv(inputs, filters, 3, 1, "stem_conv", init)
     return keras.layers.ReLU(name="stem_relu")(_bn(x, "stem_bn"))
@@ -117,8 +111,7 @@ def _head(x, num_classes):
 
 
 def _imagenet_style(name, input_shape, num_classes, blocks, bottleneck, init):
-    shape = tuple(input_shape)
-    _check_image_shape(name, shape)
+    shape = check_image_shape(name, input_shape, 8)
     inputs = keras.Input(shape=shape, name="image")
     x = _stem(inputs, 64, init)
     for stage, (filters, count) in enumerate(zip((64, 128, 256, 512), blocks), start=1):
@@ -133,10 +126,8 @@ def _imagenet_style(name, input_shape, num_classes, blocks, bottleneck, init):
 
 
 def _cifar_style(name, input_shape, num_classes, blocks_per_stage, shortcut, init):
-    if shortcut not in _SHORTCUTS:
-        raise ValueError(f"`shortcut` must be one of {_SHORTCUTS}. Received: shortcut={shortcut!r}")
-    shape = tuple(input_shape)
-    _check_image_shape(name, shape)
+    check_choice("shortcut", shortcut, _SHORTCUTS)
+    shape = check_image_shape(name, input_shape, 8)
     inputs = keras.Input(shape=shape, name="image")
     x = _stem(inputs, 16, init)
     for stage, filters in enumerate((16, 32, 64), start=1):

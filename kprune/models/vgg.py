@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import keras
 
+from kprune._internal.validate import check_image_shape
+
 __all__ = ["vgg_like", "vgg19"]
 
 # "M" is a 2x2 max-pooling; numbers are the filters of 3x3 convolutions.
@@ -33,14 +35,6 @@ _VGG_19 += (512, 512, 512, 512)
 # PyTorch's BatchNorm defaults (momentum 0.1 of the new value, eps 1e-5), which the reference
 # implementations use; Keras' own defaults (0.99, 1e-3) average over ten times more batches.
 _BN = {"momentum": 0.9, "epsilon": 1e-5}
-
-
-def _check_image_shape(name, shape, min_size=32):
-    if len(shape) != 3 or min(shape[:2]) < min_size:
-        raise ValueError(
-            f"{name} needs images of shape (height, width, channels) of at least "
-            f"{min_size}x{min_size}. Received: input_shape={shape}"
-        )
 
 
 def _features(x, config, kernel_initializer):
@@ -76,8 +70,7 @@ def vgg_like(input_shape, num_classes, *, kernel_initializer="he_normal"):
     >>> vgg_like((32, 32, 3), 10).get_layer("fc1").units
     512
     """
-    shape = tuple(input_shape)
-    _check_image_shape("vgg_like", shape)
+    shape = check_image_shape("vgg_like", input_shape, 32)
     inputs = keras.Input(shape=shape, name="image")
     x = _features(inputs, _VGG_D, kernel_initializer)
     x = keras.layers.Flatten(name="flatten")(x)
@@ -104,8 +97,7 @@ def vgg19(input_shape, num_classes, *, kernel_initializer="he_normal"):
     >>> vgg19((32, 32, 3), 100).output_shape
     (None, 100)
     """
-    shape = tuple(input_shape)
-    _check_image_shape("vgg19", shape)
+    shape = check_image_shape("vgg19", input_shape, 32)
     inputs = keras.Input(shape=shape, name="image")
     x = _features(inputs, _VGG_19, kernel_initializer)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
