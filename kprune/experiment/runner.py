@@ -158,7 +158,18 @@ def _export(ctx, stripped, model_path, echo):
 
 
 def _execute(ctx, plan_lines, decision, echo):
-    """Trains (input is valid): creates the run directory and writes every output."""
+    """Trains (input is valid) holding the run directory's lock; writes every output."""
+    with run_dir_lib.lock(ctx.config.run_dir):
+        # Decided again under the lock: another run may have started or finished meanwhile.
+        if run_dir_lib.decide(ctx.config, locked=True) != decision:
+            raise UsageError(
+                f"--model_dir={ctx.config.run_dir} changed while this run was starting (another "
+                "run used it); run again to see what it holds now."
+            )
+        return _train_and_write(ctx, plan_lines, decision, echo)
+
+
+def _train_and_write(ctx, plan_lines, decision, echo):
     config = ctx.config
     if decision == "resume":
         echo(f"Resuming the unfinished run in {config.run_dir}.")
