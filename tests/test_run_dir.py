@@ -123,3 +123,59 @@ def test_run_dir_changed_while_starting_is_refused(tmp_path, monkeypatch, capsys
     assert run_cli(f"--model_dir={tmp_path / 'run'}", "--progress=none") == 2
     assert "changed while this run was starting" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.lock"]
+
+
+# -- a --model_dir that cannot be written: exit status 2, a message, nothing written ---------
+def test_model_dir_below_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    for target in (tmp_path / "notes.txt" / "run", tmp_path / "notes.txt" / "a" / "b"):
+        assert run_cli(f"--model_dir={target}", "--progress=none") == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'notes.txt'} is a file, not a directory" in err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # A dry run writes nothing, so it does not care.
+    assert run_cli(f"--model_dir={tmp_path / 'notes.txt' / 'run'}", "--dry_run") == 0
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into a read-only (0555) directory regardless"
+)
+def test_read_only_model_dir_exits_2(tmp_path, capsys):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        assert run_cli(f"--model_dir={parent / 'run'}", "--progress=none") == 2
+        err = capsys.readouterr().err
+        assert f"cannot be created: {parent} is not writable" in err
+        assert list(parent.iterdir()) == []
+    finally:
+        parent.chmod(0o755)
+
+
+def test_unwritable_run_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    # os.access stands in for a read-only directory, which root (the test user here) would
+    # write into anyway; the check itself is what a non-root user gets.
+    readonly = {tmp_path / "ro", tmp_path / "ro_run"}
+    real_access = os.access
+    monkeypatch.setattr(
+        run_dir.os, "access", lambda path, mode: path not in readonly and real_access(path, mode)
+    )
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(config.UsageError, match=r"deeper cannot be created: .*/ro is not writ"):
+        run_dir.decide(fake_config(tmp_path / "ro" / "run" / "deeper"))
+    (tmp_path / "ro_run").mkdir()
+    (tmp_path / "ro_run" / "run.flags").write_text("--epochs=4\n")
+    with pytest.raises(config.UsageError, match=r"ro_run is not writable by this user"):
+        run_dir.decide(fake_config(tmp_path / "ro_run", {"epochs": "--epochs=4"}))
+    assert run_dir.decide(fake_config(tmp_path / "rw")) == "new"
+    assert not (tmp_path / "ro" / "run").exists()
+
+
+def test_lock_turns_os_errors_into_usage_errors(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(config.UsageError, match=r"notes.txt/run cannot be written: .*Errno"):
+        with run_dir.lock(tmp_path / "notes.txt" / "run"):
+            pass

@@ -63,15 +63,17 @@ def decide(config, *, locked=False):
     `locked`: this process holds the directory's `lock()` (else a live lock is refused).
 
     Raises:
-        UsageError: the directory is in use by a live run, is not a kprune run, holds a
-            finished run, or an unfinished one with other flags (the last two: unless
-            `config.overwrite`).
+        UsageError: the directory cannot be created or written, is in use by a live run, is
+            not a kprune run, holds a finished run, or an unfinished one with other flags
+            (the last two: unless `config.overwrite`).
     """
     run_dir = config.run_dir
     if not run_dir.exists():
+        _check_writable(run_dir)
         return "new"
     if not run_dir.is_dir():
         raise UsageError(f"--model_dir={run_dir} exists and is not a directory.")
+    _check_writable(run_dir)
     if not locked:
         _check_not_in_use(run_dir)
     if not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
@@ -147,6 +149,25 @@ def write_results(run_dir, results):
     write_text_atomic(pathlib.Path(run_dir) / RESULTS_FILE, text)
 
 
+def _check_writable(run_dir):
+    """Raises `UsageError` unless this user can create (or write into) `run_dir`."""
+    existing = run_dir
+    while not existing.exists():  # False also below a file (ENOTDIR)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"--model_dir={run_dir} cannot be created: {existing} is a file, not a directory. "
+            "Choose another --model_dir."
+        )
+    # os.access answers for the real user and sees read-only mounts; root passes mode bits.
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == run_dir else f" cannot be created: {existing}"
+        raise UsageError(
+            f"--model_dir={run_dir}{where} is not writable by this user. Choose another "
+            "--model_dir, or make it writable."
+        )
+
+
 def _holder(words):
     """`"PID 12 on host"` from the words of a lock file (`["12", "host"]`)."""
     if not words:  # the holder has not written its PID yet
@@ -191,7 +212,8 @@ def lock(run_dir):
     left by a crashed run is taken over (and logged).
 
     Raises:
-        UsageError: another live process holds the lock (the message names its PID).
+        UsageError: another live process holds the lock (the message names its PID), or the
+            directory or its lock file cannot be created.
 
     Example:
 
@@ -202,9 +224,12 @@ def lock(run_dir):
     True
     """
     run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / LOCK_FILE
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:  # what decide() cannot see: a full disk, a mount gone read-only
+        raise UsageError(f"--model_dir={run_dir} cannot be written: {err}") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
