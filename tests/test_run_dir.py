@@ -12,10 +12,11 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import types  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from kprune import train  # noqa: E402
-from kprune.experiment import config, run_dir  # noqa: E402
+from kprune.experiment import config, run_dir, runner  # noqa: E402
 
 # A second process holding a run directory's lock as kprune.experiment.run_dir.lock() does (an
 # flock on run.lock, "PID host" written in it), until its stdin closes or it is killed. Plain
@@ -179,3 +180,35 @@ def test_lock_turns_os_errors_into_usage_errors(tmp_path):
     with pytest.raises(config.UsageError, match=r"notes.txt/run cannot be written: .*Errno"):
         with run_dir.lock(tmp_path / "notes.txt" / "run"):
             pass
+
+
+# -- results.json is strict JSON ---------------------------------------------------------
+def test_results_json_writes_non_finite_numbers_as_null(tmp_path):
+    nan = float("nan")
+    results = {
+        "test_loss": nan,
+        "history": {"loss": [0.5, float("inf")], "accuracy": np.array([0.1, -np.inf])},
+        "best": np.float32("nan"),
+        "steps": np.int64(7),
+        "rows": ({"x": -float("inf")},),
+        "path": tmp_path,
+    }
+    run_dir.write_results(tmp_path, results)
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {
+        "test_loss": None,
+        "history": {"loss": [0.5, None], "accuracy": [pytest.approx(0.1), None]},
+        "best": None,
+        "steps": 7,
+        "rows": [{"x": None}],
+        "path": str(tmp_path),
+    }
+    assert results["test_loss"] is nan  # the caller's dict is left as it was
+
+
+def test_a_lottery_round_with_a_nan_loss_counts_as_diverged():
+    assert not runner._diverged({"test_loss": 0.3, "rounds": [{"test_loss": 0.4}]})
+    assert runner._diverged({"test_loss": 0.3, "rounds": [{"test_loss": float("nan")}]})
+    assert runner._diverged({"test_loss": np.float32("inf")})
+    assert runner._diverged({"test_loss": 0.3, "diverged": True})

@@ -26,10 +26,13 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import pathlib
 import shutil
 import socket
+
+import numpy as np
 
 from kprune._internal.files import write_text_atomic
 from kprune.experiment.config import FLAG_NAMES, UsageError
@@ -44,6 +47,7 @@ __all__ = [
     "read_flagfile",
     "save_model",
     "start",
+    "strict_json",
     "write_results",
 ]
 
@@ -144,9 +148,34 @@ def save_model(run_dir, model):
 
 
 def write_results(run_dir, results):
-    """Writes `results` as `run_dir/results.json`: from then on the run counts as finished."""
-    text = json.dumps(results, indent=2, default=str) + "\n"
+    """Writes `results` as `run_dir/results.json`: from then on the run counts as finished.
+
+    The file is strict JSON: NaN and infinities (a diverged run's losses) are written as
+    `null`, which every JSON reader accepts (bare `NaN` is not JSON).
+    """
+    text = json.dumps(strict_json(results), indent=2, allow_nan=False, default=str) + "\n"
     write_text_atomic(pathlib.Path(run_dir) / RESULTS_FILE, text)
+
+
+def strict_json(value):
+    """`value` with every NaN or infinite float (NumPy ones included) replaced by None.
+
+    Example:
+
+    >>> strict_json({"loss": [0.5, float("nan")], "best": np.float32("inf"), "n": np.int64(3)})
+    {'loss': [0.5, None], 'best': None, 'n': 3}
+    """
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()  # Python scalars (or lists), which json can write
+        if isinstance(value, list):
+            return strict_json(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _check_writable(run_dir):
