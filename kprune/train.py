@@ -20,6 +20,11 @@ Flags given on the command line override those of a --flagfile (absl reads them 
 writing files. Bad input (unknown names, values out of range, a missing flagfile, an unusable
 dataset) exits with status 2 before anything is written.
 
+Exit status: 0 done (or a dry run); 1 an unexpected error; 2 bad input, nothing written (also
+a --model_dir that cannot be written or is in use by another run); 3 the exported files disagree
+with the Keras model; 4 training diverged (the loss became NaN or infinite): every output is
+written and results.json says "diverged": true.
+
 Outputs go to --model_dir (default saved_models/<model>-<dataset>-<method>-<sparsity>):
 run.flags, logs/ (TensorBoard), checkpoints/ (resume: run again with the same flags),
 model.keras (pruned and stripped), results.json, export/ (with --export).
@@ -42,6 +47,7 @@ from kprune.export import ParityError
 __all__ = ["METHODS", "METHOD_NAMES", "STRATEGY_NAMES", "cli", "lth_rounds", "main"]
 
 FLAGS = flags.FLAGS
+DIVERGED = 4  # the exit status of a run whose loss became NaN or infinite
 experiment.define_flags(FLAGS)
 # The flags are defined in kprune.experiment.config; adopting them makes --help list them as
 # this program's own (absl's --help shows only the main module's key flags).
@@ -57,19 +63,26 @@ def main(argv):
     """absl entry point (flags are parsed): runs the experiment, returns the exit status.
 
     0: done (or a dry run); 2: bad input, nothing written; 3: the exported files disagree with
-    the Keras model (every output is written, results.json says so too).
+    the Keras model (every output is written, results.json says so too); 4: training diverged
+    (every output is written, results.json says `"diverged": true`; 4 wins over 3).
     """
     if len(argv) > 1:
         return _report_usage_error(
             f"unexpected arguments {argv[1:]}; flags are written --name=value."
         )
     try:
-        experiment.run(experiment.config_from_flags(FLAGS), echo=print)
+        results = experiment.run(experiment.config_from_flags(FLAGS), echo=print)
     except experiment.UsageError as err:
         return _report_usage_error(err)
     except ParityError as err:
         sys.stderr.write(f"error: exported files disagree with the Keras model: {err}\n")
         return 3
+    if results is not None and results["diverged"]:
+        sys.stderr.write(
+            "error: training diverged (the loss became NaN or infinite) and was stopped; "
+            'results.json says "diverged": true. Lower --lr or check the data.\n'
+        )
+        return DIVERGED
     return 0
 
 

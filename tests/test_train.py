@@ -399,11 +399,21 @@ def test_a_diverging_run_stops_and_says_so(tmp_path, capsys):
     run_dir = tmp_path / "nan"
     # Half the weights are pruned at step 0, then a huge learning rate blows the loss up.
     args = ["--epochs=3", "--lr=1e30", "--initial_sparsity=0.5", "--progress=none"]
-    assert run_cli(*args, f"--model_dir={run_dir}") == 0
-    results = json.loads((run_dir / "results.json").read_text())
+    assert run_cli(*args, f"--model_dir={run_dir}") == train.DIVERGED == 4  # its own status
+    text = (run_dir / "results.json").read_text()
+
+    def refuse(constant):
+        raise AssertionError(f"results.json holds a bare {constant}, which is not JSON")
+
+    results = json.loads(text, parse_constant=refuse)  # strict JSON: no NaN, no Infinity
     assert results["diverged"] is True
+    assert results["test_loss"] is None  # NaN, written as null
+    assert None in results["history"]["loss"]
     assert results["total_steps"] < 3 * 45  # TerminateOnNaN stopped it early
-    assert "training diverged" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "training diverged" in captured.out
+    assert "error: training diverged" in captured.err and "Traceback" not in captured.err
+    assert "4 training diverged" in train.__doc__  # --help documents the status
     # Pruned positions are still exactly zero, not NaN (NaN * 0 would be NaN and count as
     # non-zero): at least the pruned half is zero (kept weights may also have hit 0).
     assert results["nonzero_prunable_params"] <= PRUNABLE - round(0.5 * PRUNABLE)

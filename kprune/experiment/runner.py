@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 import time
 
 import keras
@@ -158,7 +160,18 @@ def _export(ctx, stripped, model_path, echo):
 
 
 def _execute(ctx, plan_lines, decision, echo):
-    """Trains (input is valid): creates the run directory and writes every output."""
+    """Trains (input is valid) holding the run directory's lock; writes every output."""
+    with run_dir_lib.lock(ctx.config.run_dir):
+        # Decided again under the lock: another run may have started or finished meanwhile.
+        if run_dir_lib.decide(ctx.config, locked=True) != decision:
+            raise UsageError(
+                f"--model_dir={ctx.config.run_dir} changed while this run was starting (another "
+                "run used it); run again to see what it holds now."
+            )
+        return _train_and_write(ctx, plan_lines, decision, echo)
+
+
+def _train_and_write(ctx, plan_lines, decision, echo):
     config = ctx.config
     if decision == "resume":
         echo(f"Resuming the unfinished run in {config.run_dir}.")
@@ -205,11 +218,25 @@ def _execute(ctx, plan_lines, decision, echo):
         "versions": versions(),
         "flags": config.flags,
     }
+    results["diverged"] = _diverged(results)
     run_dir_lib.write_results(run_dir, results)
     echo(report.summary_paragraph(config, results, run_dir))
-    if parity_error is not None:
+    # A diverged model's export says nothing (NaN weights); the divergence is what to report.
+    if parity_error is not None and not results["diverged"]:
         raise parity_error
     return results
+
+
+def _diverged(results):
+    """Whether training diverged: the workflow says so, or a test loss is NaN or infinite.
+
+    Lottery rounds report no flag of their own; their test losses tell.
+    """
+    losses = [results.get("test_loss")]
+    losses += [row.get("test_loss") for row in results.get("rounds") or ()]
+    return bool(results.get("diverged")) or any(
+        isinstance(loss, numbers.Real) and not math.isfinite(loss) for loss in losses
+    )
 
 
 def run(config, echo=_log.info):
@@ -228,7 +255,8 @@ def run(config, echo=_log.info):
     Raises:
         UsageError: bad input (nothing was written).
         kprune.export.ParityError: the exported files disagree with the Keras model (every
-            output, results.json included, is written).
+            output, results.json included, is written); not raised for a diverged run, whose
+            results say `"diverged": true` instead.
 
     Example:
 

@@ -38,12 +38,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 
 from kprune._internal.validate import check_choice, check_fraction, check_integer
 from kprune.api import sparsity_report
 from kprune.export.inputs import _InputSpec, _plain_model, _take_samples, load_keras_model
 from kprune.export.inspect import read_tflite_weights
+from kprune.export.out_dir import prepare_out_dir, remove_stale_temp_dirs, replace_dir, temp_dir
 from kprune.export.parity import (
     RUNTIMES,
     ParityError,
@@ -107,39 +107,6 @@ def _check_formats(formats):
             f"`formats` must name one or more of {FORMATS}. Received: formats={formats!r}"
         )
     return tuple(f for f in FORMATS if f in formats)
-
-
-def _prepare_out_dir(out_dir, overwrite):
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise ValueError(f"`out_dir` is an existing file, not a directory: {out_dir!r}")
-        if os.listdir(out_dir) and not overwrite:
-            raise ValueError(
-                f"`out_dir` {out_dir!r} exists and is not empty; pass overwrite=True (CLI: "
-                "--overwrite) to replace it."
-            )
-    created, parent = [], os.path.dirname(out_dir)
-    while parent and not os.path.exists(parent):
-        created.append(parent)
-        parent = os.path.dirname(parent)
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    return out_dir, created
-
-
-def _replace_dir(tmp, out_dir):
-    """Moves the finished `tmp` into place; an old `out_dir` is removed only afterwards."""
-    if os.path.isdir(out_dir) and not os.listdir(out_dir):
-        os.rmdir(out_dir)
-    if os.path.exists(out_dir):
-        old = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir)
-        )
-        os.rename(out_dir, os.path.join(old, "previous"))
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
 
 
 def export(
@@ -219,7 +186,7 @@ def export(
 
     Example:
 
-    >>> import keras
+    >>> import keras, tempfile
     >>> model = keras.Sequential([keras.Input((784,), name="pixels"),
     ...                           keras.layers.Dense(300, activation="relu"),
     ...                           keras.layers.Dense(10)])
@@ -245,34 +212,33 @@ def export(
     spec = _InputSpec(model)
     if quantize == "int8" and representative_data is None:
         _calibration(spec, quantize, None, num_calibration_samples)  # raises the clear error
-    out_dir, created = _prepare_out_dir(out_dir, overwrite)
-    tmp = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(out_dir)}.tmp-", dir=os.path.dirname(out_dir)
-    )
-    try:
-        report = _export_into(
-            model,
-            tmp,
-            spec,
-            formats=formats,
-            quantize=quantize,
-            representative_data=representative_data,
-            eval_data=eval_data,
-            num_eval_samples=num_eval_samples,
-            num_calibration_samples=num_calibration_samples,
-            min_fp32_agreement=min_fp32_agreement,
-            compare_dense=compare_dense,
-            runtime=runtime,
-        )
-        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-            json.dump(report, f, indent=2)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for path in created:  # parents we made for out_dir, innermost first
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-        raise
+    out_dir, created = prepare_out_dir(out_dir, overwrite)
+    remove_stale_temp_dirs(out_dir)  # what an interrupted export to out_dir left behind
+    with temp_dir(out_dir) as tmp:
+        try:
+            report = _export_into(
+                model,
+                tmp,
+                spec,
+                formats=formats,
+                quantize=quantize,
+                representative_data=representative_data,
+                eval_data=eval_data,
+                num_eval_samples=num_eval_samples,
+                num_calibration_samples=num_calibration_samples,
+                min_fp32_agreement=min_fp32_agreement,
+                compare_dense=compare_dense,
+                runtime=runtime,
+            )
+            with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+                json.dump(report, f, indent=2)
+            replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for path in created:  # parents we made for out_dir, innermost first
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+            raise
     if verbose:
         _logger.info("%s", format_export_report(report))
     if not report["parity"]["passed"]:
