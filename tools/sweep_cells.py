@@ -284,7 +284,7 @@ def read_cell(config, cell):
     if not path.is_file():
         return row
     results = json.loads(path.read_text())
-    row["status"] = "done"
+    row["status"] = "diverged" if results.get("diverged") else "done"
     row["sparsity"] = results["global_sparsity"]
     for key in COPIED_COLUMNS:
         row[key] = results.get(key)

@@ -143,7 +143,10 @@ def markdown_report(rows, summary, header_lines=()):
             f"| {g['method']} | {_pct(g['target_sparsity'])} | {_pct(g['sparsity_mean'], 3)} | "
             f"{_pct(g['mean'])} | {_pct(g['min'])} | {_pct(g['max'])} | {best} | {g['n']} |"
         )
-    missing = [r["cell"] for r in rows if r["status"] != "done"]
+    diverged = [r["cell"] for r in rows if r["status"] == "diverged"]
+    if diverged:
+        lines += ["", f"Diverged (loss NaN or infinite; {len(diverged)}): {', '.join(diverged)}."]
+    missing = [r["cell"] for r in rows if r["status"] not in ("done", "diverged")]
     if missing:
         lines += ["", f"Not finished ({len(missing)}): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"

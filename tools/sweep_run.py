@@ -91,6 +91,8 @@ def _duration(seconds):
 
 
 def _result_line(row):
+    if row["test_accuracy"] is None:  # diverged: results.json holds null
+        return f"diverged (loss NaN or infinite) at sparsity {row['sparsity']:.4f}"
     text = f"test acc {row['test_accuracy']:.4f} at sparsity {row['sparsity']:.4f}"
     if row.get("lth_rounds") not in (None, ""):
         rounds = row["lth_rounds"]
@@ -144,7 +146,8 @@ def run_cells(config, cells):
         elapsed = time.perf_counter() - start
         eta = elapsed / cost_done * cost_left
         timing = f"in {_duration(took)} | elapsed {_duration(elapsed)}, ETA {_duration(eta)}"
-        if status == 0 and (run_dir / RESULTS).is_file():
+        # A diverged run (exit status 4) is a finished cell too: its results.json says so.
+        if status in (0, train.DIVERGED) and (run_dir / RESULTS).is_file():
             counts["ran"] += 1
             print(f"{prefix}: done {timing}: {_result_line(read_cell(config, cell))}", flush=True)
             continue
@@ -154,6 +157,7 @@ def run_cells(config, cells):
         if status == 2:
             raise SweepError(
                 f"kprune.train reported bad input for {cell.label()} (exit status 2; see the log "
-                "above). Every cell gets the same flags, so the sweep stops here."
+                "above: bad flags, or its run directory is in use by another run). Every cell "
+                "gets the same flags, so the sweep stops here."
             )
     return counts
