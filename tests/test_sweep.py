@@ -380,3 +380,19 @@ def test_digits_in_mnist_layout(tmp_path):
     info = data.dataset_info(f"npz:{path}")
     assert (info.input_shape, info.num_classes, info.train_size) == ((28, 28, 1), 10, 1438)
     assert models.build_model("lenet5_caffe", info.input_shape, 10).count_params() == 431080
+
+
+def test_a_diverged_cell_counts_as_finished_and_is_reported_as_diverged(tmp_path):
+    from tools import sweep_report, sweep_run
+
+    config = sweep_cells.SweepConfig(("linear",), (0.9,), (0,), False, None, (), tmp_path)
+    cell = sweep_cells.Cell("linear", 0.9, 0)
+    (tmp_path / cell.name).mkdir()
+    results = {"global_sparsity": 0.9, "test_accuracy": None, "diverged": True}
+    (tmp_path / cell.name / sweep_cells.RESULTS).write_text(json.dumps(results))
+    row = sweep_cells.read_cell(config, cell)
+    assert row["status"] == "diverged"
+    assert sweep_run._result_line(row) == "diverged (loss NaN or infinite) at sparsity 0.9000"
+    report = sweep_report.markdown_report([row], sweep_report.summarize([row]))
+    assert f"Diverged (loss NaN or infinite; 1): {cell.name}." in report
+    assert "Not finished" not in report
