@@ -53,12 +53,7 @@ from kprune.workflows.rounds import (
     FINAL_MODEL,
     INIT_WEIGHTS,
     RESULTS_FILE,
-    REWIND_OPTIMIZER,
-    REWIND_WEIGHTS,
-    ROUND_MASKS,
     ROUND_METRICS,
-    ROUND_SPARSITY,
-    ROUND_SPARSITY_TEXT,
     ROUND_WEIGHTS,
     SETTINGS_FILE,
     load_weights,
@@ -69,24 +64,10 @@ from kprune.workflows.rounds import (
     write_json,
 )
 
-__all__ = [
-    "FINAL_MODEL",
-    "INIT_WEIGHTS",
-    "REWIND_OPTIMIZER",
-    "REWIND_WEIGHTS",
-    "RESULTS_FILE",
-    "ROUNDINGS",
-    "ROUND_MASKS",
-    "ROUND_METRICS",
-    "ROUND_SPARSITY",
-    "ROUND_SPARSITY_TEXT",
-    "ROUND_WEIGHTS",
-    "SETTINGS_FILE",
-    "kept_counts",
-    "magnitude_masks",
-    "round_dir_name",
-    "run_lottery",
-]
+# The file names (FINAL_MODEL, ...) and round_dir_name live with the round's code, in
+# kprune.workflows.rounds; they stay importable from here.
+__all__ = ["FINAL_MODEL", "ROUNDINGS", "kept_counts", "magnitude_masks", "round_dir_name"]
+__all__ += ["run_lottery"]
 
 logger = logging.getLogger(__name__)
 
