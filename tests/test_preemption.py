@@ -42,6 +42,7 @@ def final_kernels(run_dir):
     return {layer.name: layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")}
 
 
+@pytest.mark.integration
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     reference = tmp_path / "reference"
     assert train.cli(["kprune.train", f"--model_dir={reference}", "--progress=none", *FLAGS]) == 0
