@@ -67,7 +67,7 @@ def erk_densities(shapes, sparsity, power_scale=1.0):
     """
     shapes = _check_shapes(shapes)
     sparsity = check_sparsity("sparsity", sparsity)
-    power_scale = check_number("power_scale", power_scale, minimum=0)
+    power_scale = float(check_number("power_scale", power_scale, 0))
     sizes = np.array([math.prod(s) for s in shapes], dtype=np.float64)
     raw = np.array([(sum(s) / math.prod(s)) ** power_scale for s in shapes], dtype=np.float64)
     budget = (1.0 - sparsity) * sizes.sum()

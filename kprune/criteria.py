@@ -142,8 +142,8 @@ class FGGP(Criterion):
     supports_regrowth = False
 
     def __init__(self, candidate_rate=0.5, gradient="batch"):
-        self.candidate_rate = check_number(
-            "candidate_rate", candidate_rate, minimum=0, maximum=1, open_min=True
+        self.candidate_rate = float(
+            check_number("candidate_rate", candidate_rate, 0, 1, low_open=True)
         )
         self.gradient = check_choice("gradient", gradient, _GRADIENT_MODES)
 
@@ -220,7 +220,7 @@ def fggp_schedule(
     >>> fggp_schedule(100_000, 0.9).end_step
     80000
     """
-    end_fraction = check_number("end_fraction", end_fraction, minimum=0, maximum=1, open_min=True)
+    end_fraction = float(check_number("end_fraction", end_fraction, 0, 1, low_open=True))
     total_steps = check_integer("total_steps", total_steps, 1)
     end_step = int(end_fraction * total_steps)
     if end_step < 1:

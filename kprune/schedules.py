@@ -290,7 +290,7 @@ class PolynomialDecay(_RampSchedule):
         frequency=100,
     ):
         super().__init__(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
-        self.power = check_number("power", power, minimum=0, open_min=True)
+        self.power = float(check_number("power", power, 0, low_open=True))
 
     def __call__(self, step):
         p = _progress(step, self.begin_step, self.end_step)

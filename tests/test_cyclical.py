@@ -327,6 +327,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_mirrored_strategy_masks_identical_on_replicas_and_to_single_device(tmp_path):
     script = tmp_path / "distributed.py"
     script.write_text(_DISTRIBUTED_SCRIPT)

@@ -293,6 +293,7 @@ def test_grouping_and_errors():
         kprune.bind_optimizer(keras.Model(inputs, out), keras.optimizers.SGD())
 
 
+@pytest.mark.integration
 def test_fggp_under_mirrored_strategy_matches_single_device():
     # Records are all-reduced in the backward pass, so every replica holds the global-batch
     # gradient, the one a single-device run records; masks then agree as well. "accumulated"

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import kprune
-from kprune.workflows import lottery
+from kprune.workflows import checkpoint, lottery
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -440,6 +440,44 @@ def test_resume_after_interruption_redoes_only_unfinished_rounds(tmp_path):
     # Other settings in the same run_dir are refused.
     with pytest.raises(ValueError, match="other settings.*rate"):
         _run(run_dir, rate=0.5)
+
+
+class InterruptAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def _round_weights(run_dir, r):
+    model = kprune.prune(_model(), None, scope="global")
+    model.load_weights(run_dir / f"round_{r:02d}" / "weights.weights.h5")
+    return model.get_weights()
+
+
+def test_an_interrupted_round_resumes_from_its_own_checkpoint(tmp_path):
+    reference, _ = _run(tmp_path / "reference", rounds=1)
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        _run(run_dir, rounds=1, callbacks=lambda r: [InterruptAfterFirstEpoch()] if r else [])
+    # Round 1 stopped after its first (partial) epoch, steps 5..8: checkpointed at epoch 1.
+    work = run_dir / ".round_01.tmp"
+    assert checkpoint.saved_epochs(work / "checkpoints") == [1]
+    assert not (run_dir / "round_01").exists()
+
+    log = {}
+    results, _ = _run(run_dir, log=log, rounds=1)
+    assert sorted(log) == [1]
+    assert log[1]["start_step"] == STEPS_PER_EPOCH  # from the checkpoint, not the rewind point
+    assert log[1]["epoch_starts"] == [(1, STEPS_PER_EPOCH)]
+    finished = run_dir / "round_01"
+    assert (finished / "history.json").exists() and not (finished / "checkpoints").exists()
+    assert not work.exists()
+    row, want = results["rounds"][1], reference["rounds"][1]
+    for key in ("kept", "start_step", "end_step", "steps", "test_accuracy", "test_loss"):
+        assert row[key] == want[key], key
+    assert row["train_metrics"] == want["train_metrics"]
+    for got, expected in zip(_round_weights(run_dir, 1), _round_weights(tmp_path / "reference", 1)):
+        np.testing.assert_array_equal(_bits(got), _bits(expected))
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import kprune  # noqa: E402
-from kprune import train  # noqa: E402
+from kprune import data, models, train  # noqa: E402
 from kprune.api import _optimizer_slots  # noqa: E402
+from kprune.workflows import training  # noqa: E402
 
 
 @pytest.fixture
@@ -113,3 +114,38 @@ def test_command_line_mixed_precision_reaches_the_exact_target(precision, tmp_pa
     model = keras.models.load_model(run_dir / "model.keras")  # stripped, float32 weights
     assert {w.dtype for w in model.weights} == {"float32"}
     assert keras.mixed_precision.dtype_policy().name == "float32"  # the run restored it
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_resume_under_loss_scaling_is_bit_exact(policy, tmp_path):
+    """The checkpoint holds the loss scale: a resumed float16 run skips the steps it would."""
+    config = training.TrainConfig(epochs=2, learning_rate=0.05)
+
+    def run(run_dir, callbacks=()):
+        keras.utils.set_random_seed(4)
+        digits = data.load_dataset("digits", batch_size=128, seed=4)  # 12 steps per epoch
+        base = models.lenet300_100(digits.input_shape, digits.num_classes)
+        model = kprune.prune(base, kprune.LinearSparsity(0.0, 0.8, 0, 20, frequency=2))
+        results = training.fit_and_evaluate(
+            model, digits, config, run_dir=run_dir, callbacks=callbacks, verbose=0
+        )
+        return model, results
+
+    reference, expected = run(tmp_path / "reference")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", callbacks=[StopAfterFirstEpoch()])
+    resumed, results = run(tmp_path / "run")
+    assert type(resumed.optimizer).__name__ == "LossScaleOptimizer"
+    assert results["resumed_at_epoch"] == 1
+    assert results["total_steps"] == expected["total_steps"] <= 24
+    assert float(resumed.optimizer.dynamic_scale.numpy()) == float(
+        reference.optimizer.dynamic_scale.numpy()
+    )
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -1,8 +1,8 @@
 """Preemption: a run killed mid-epoch and started again ends exactly like an uninterrupted one.
 
-`python -m kprune.train` writes a backup (weights, masks, optimizer state and step) after every
-epoch and trains on a stream whose epoch `e` depends on the seed and `e` only, so a restarted
-run redoes the interrupted epoch on the same batches, from the same state.
+`python -m kprune.train` writes a checkpoint (weights, masks, optimizer state and step, epoch)
+after every epoch and trains on a stream whose epoch `e` depends on the seed and `e` only, so a
+restarted run redoes the interrupted epoch on the same batches, from the same state.
 """
 
 import os
@@ -10,11 +10,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
-import re  # noqa: E402
+import logging  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -24,7 +23,7 @@ import pytest  # noqa: E402
 
 import kprune  # noqa: E402
 from kprune import data, models, train  # noqa: E402
-from kprune.workflows import training  # noqa: E402
+from kprune.workflows import checkpoint, training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # 180 steps per epoch (1438 digits, batch 8), 540 in all; masks change every 5 steps until 405.
@@ -36,34 +35,6 @@ FLAGS = [
     "--target_sparsity=0.9",
     "--lr=0.02",
 ]
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-class Output:
-    """Collects a subprocess's stdout in a thread; parses Keras' progress bar."""
-
-    def __init__(self, stream):
-        self.text = ""
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream):
-        while chunk := os.read(stream.fileno(), 4096):
-            with self._lock:
-                self.text += chunk.decode(errors="replace")
-
-    def progress(self):
-        """`(epoch, step, steps)` of the latest progress-bar update, or None."""
-        with self._lock:
-            text = ANSI.sub("", self.text)
-        epochs = list(re.finditer(r"Epoch (\d+)/\d+", text))
-        if not epochs:
-            return None
-        steps = re.findall(r"(\d+)/(\d+)\s", text[epochs[-1].end() :])
-        if not steps:
-            return None
-        return int(epochs[-1].group(1)), int(steps[-1][0]), int(steps[-1][1])
 
 
 def final_kernels(run_dir):
@@ -71,6 +42,7 @@ def final_kernels(run_dir):
     return {layer.name: layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")}
 
 
+@pytest.mark.integration
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     reference = tmp_path / "reference"
     assert train.cli(["kprune.train", f"--model_dir={reference}", "--progress=none", *FLAGS]) == 0
@@ -78,31 +50,30 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "kprune.train", f"--model_dir={run_dir}", *FLAGS]
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    output = Output(process.stdout)
-    killed_at = None
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            progress = output.progress()
-            # A third of the way into the second epoch: after one backup, before the next.
-            if progress and progress[0] == 2 and 60 <= progress[1] < progress[2]:
-                process.send_signal(signal.SIGKILL)
-                killed_at = progress
-                break
-            time.sleep(0.01)
-    finally:
-        if process.poll() is None and killed_at is None:
-            process.kill()
-        process.wait(timeout=30)
-    assert killed_at is not None, f"never saw epoch 2 in progress:\n{output.text[-2000:]}"
+    log = tmp_path / "killed.log"
+    # The checkpoint manager writes its state file once the first checkpoint (epoch 1) is
+    # complete; the run is then in epoch 2, which takes seconds: kill it there.
+    state_file = run_dir / "checkpoints" / "checkpoint"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        killed = False
+        deadline = time.monotonic() + 240
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                if state_file.exists():
+                    process.send_signal(signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(0.01)
+        finally:
+            if process.poll() is None and not killed:
+                process.kill()
+            process.wait(timeout=30)
+    assert killed, f"no checkpoint was written:\n{log.read_text()[-2000:]}"
     assert process.returncode == -signal.SIGKILL
-    # Killed mid-epoch: the backup is still the one written after epoch 1, no results.
+    # Killed mid-epoch: the checkpoint is still the one written after epoch 1, no results.
     assert not (run_dir / "results.json").exists()
-    backup = json.loads((run_dir / "checkpoints" / "training_metadata.json").read_text())
-    assert backup["epoch"] == 1, (backup, killed_at)
+    assert checkpoint.saved_epochs(run_dir / "checkpoints") == [1]
     assert "--strategy" not in (run_dir / "run.flags").read_text()  # may resume elsewhere
 
     restarted = subprocess.run(
@@ -137,9 +108,9 @@ class StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("damage", ["weights_cut_short", "epoch_not_written"])
-def test_a_backup_interrupted_while_written_still_resumes_exactly(damage, tmp_path):
-    """A process killed while writing its backup resumes from a consistent state."""
+@pytest.mark.parametrize("damage", ["latest_cut_short", "state_file_damaged"])
+def test_a_damaged_checkpoint_still_resumes_exactly(damage, tmp_path, caplog):
+    """A checkpoint cut short falls back to the previous one; a damaged state file hides none."""
     config = training.TrainConfig(epochs=3, learning_rate=0.05, lr_schedule="cosine")
 
     def run(run_dir, callbacks=()):
@@ -154,16 +125,21 @@ def test_a_backup_interrupted_while_written_still_resumes_exactly(damage, tmp_pa
 
     reference, expected = run(tmp_path / "reference")
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "run", callbacks=[StopAfter(1)])  # backups after epochs 1 and 2
-    backup = tmp_path / "run" / "checkpoints"
-    if damage == "weights_cut_short":  # killed while writing the weights after epoch 2
-        latest = backup / "latest.weights.h5"
+        run(tmp_path / "run", callbacks=[StopAfter(1)])  # checkpoints after epochs 1 and 2
+    saved = tmp_path / "run" / "checkpoints"
+    assert checkpoint.saved_epochs(saved) == [1, 2]
+    if damage == "latest_cut_short":  # e.g. the disk filled up while it was written
+        (latest,) = saved.glob("ckpt-2.data-*")
         latest.write_bytes(latest.read_bytes()[:1000])
-        resumes_at = 1  # from the previous backup
-    else:  # killed after writing the weights of epoch 2, before writing its epoch
-        (backup / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
-        resumes_at = 2  # the weights' step counter (24) says which epoch they ended
-    resumed_model, resumed = run(tmp_path / "run")
+        resumes_at = 1  # from the previous checkpoint
+    else:  # the manager's state file, cut short: the checkpoints are found from their files
+        state = saved / "checkpoint"
+        state.write_text(state.read_text()[:10])
+        resumes_at = 2
+    with caplog.at_level(logging.WARNING, logger="kprune.workflows.checkpoint"):
+        resumed_model, resumed = run(tmp_path / "run")
+    if damage == "latest_cut_short":
+        assert "ckpt-2 cannot be read" in caplog.text and "falling back" in caplog.text
     assert resumed["resumed_at_epoch"] == resumes_at
     assert resumed["epochs_run"] == 3 - resumes_at
     assert resumed["total_steps"] == expected["total_steps"] == 36
@@ -171,3 +147,6 @@ def test_a_backup_interrupted_while_written_still_resumes_exactly(damage, tmp_pa
     for path, mask in expected_masks.items():
         np.testing.assert_array_equal(masks[path], mask, err_msg=path)
     assert resumed["history"]["sparsity"] == pytest.approx(expected["history"]["sparsity"])
+    for a, b in zip(resumed_model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)  # bit for bit: same state, same batches
+    assert checkpoint.saved_epochs(saved) == [2, 3]  # the previous one is kept

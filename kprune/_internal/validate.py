@@ -59,39 +59,41 @@ def check_integer(name, value, minimum):
     return int(value)
 
 
-def check_number(name, value, *, minimum=None, maximum=None, open_min=False, open_max=False):
-    """`value` as a finite float within the bounds given; ValueError otherwise.
+def _interval(low, high, low_open, high_open):
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    return f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+
+
+def check_number(name, value, low=None, high=None, *, low_open=False, high_open=False, meaning=""):
+    """`value` if it is a real number (not bool) within the interval; ValueError otherwise.
 
     Args:
-        name: the argument's name, for the message.
-        value: what the caller passed.
-        minimum, maximum: bounds (None: unbounded on that side).
-        open_min, open_max: whether the bound itself is excluded.
+        name: the argument's name, repeated in the message.
+        value: what was received.
+        low, high: bounds (None: unbounded), closed unless `low_open` / `high_open`.
+        meaning: optional words on what the argument is, put into the message.
 
     Example:
 
-    >>> check_number("candidate_rate", 0.0, minimum=0, maximum=1, open_min=True)
+    >>> check_number("momentum", 0.9, 0.0, 1.0, high_open=True)
+    0.9
+    >>> check_number("rate", 1.0, 0, 1, low_open=True, high_open=True, meaning="pruned per round")
     Traceback (most recent call last):
-    ValueError: `candidate_rate` must be a number in (0, 1]. Received: candidate_rate=0.0
+    ValueError: `rate` (pruned per round) must be in (0, 1). Received: rate=1.0
     """
-    if minimum is not None and maximum is not None:
-        allowed = f"in {'(' if open_min else '['}{minimum}, {maximum}{')' if open_max else ']'}"
-    elif minimum is not None:
-        allowed = f"{'>' if open_min else '>='} {minimum}"
-    elif maximum is not None:
-        allowed = f"{'<' if open_max else '<='} {maximum}"
-    else:
-        allowed = "(finite)"
-    message = f"`{name}` must be a number {allowed}. Received: {name}={value!r}"
+    what = f"`{name}` ({meaning})" if meaning else f"`{name}`"
+    interval = _interval(low, high, low_open, high_open)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(message)
-    value = float(value)
+        raise ValueError(f"{what} must be a number in {interval}. Received: {name}={value!r}")
     if not math.isfinite(value):
-        raise ValueError(message)
-    if minimum is not None and (value <= minimum if open_min else value < minimum):
-        raise ValueError(message)
-    if maximum is not None and (value >= maximum if open_max else value > maximum):
-        raise ValueError(message)
+        raise ValueError(
+            f"{what} must be a finite number in {interval}. Received: {name}={value!r}"
+        )
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        raise ValueError(f"{what} must be in {interval}. Received: {name}={value!r}")
     return value
 
 
@@ -105,7 +107,7 @@ def check_choice(name, value, choices):
     ValueError: `scope` must be one of ('layer', 'global'). Received: scope='row'
     """
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
     return value
 
 
@@ -139,9 +141,9 @@ def check_fraction(name, value):
     1.0
     >>> check_fraction("min_fp32_agreement", 1.5)
     Traceback (most recent call last):
-    ValueError: `min_fp32_agreement` must be a number in [0, 1]. Received: min_fp32_agreement=1.5
+    ValueError: `min_fp32_agreement` must be in [0, 1]. Received: min_fp32_agreement=1.5
     """
-    return check_number(name, value, minimum=0, maximum=1)
+    return float(check_number(name, value, 0, 1))
 
 
 def interval_text(low=None, high=None, *, low_open=False, high_open=False):

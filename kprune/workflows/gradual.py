@@ -27,11 +27,10 @@ LinearSparsity(initial_sparsity=0.0, final_sparsity=0.9, begin_step=0, end_step=
 from __future__ import annotations
 
 import dataclasses
-import numbers
 
 import tensorflow as tf
 
-from kprune._internal.validate import check_integer
+from kprune._internal.validate import check_choice, check_integer, check_number
 from kprune.api import prune, set_masks, sparsity_report, strip
 from kprune.criteria import get_criterion
 from kprune.schedules import CyclicalSparsity, LinearSparsity, PolynomialDecay
@@ -65,9 +64,7 @@ class PruningWindow:
 
 
 def _fraction(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ValueError(f"`{name}` must be a fraction of training in [0, 1]. Received: {value!r}")
-    return float(value)
+    return float(check_number(name, value, 0, 1, meaning="a fraction of training"))
 
 
 def pruning_window(
@@ -158,8 +155,7 @@ def make_schedule(
     >>> make_schedule("polynomial", 0.8, PruningWindow(0, 100, 10)).power
     3.0
     """
-    if method not in GRADUAL_METHODS:
-        raise ValueError(f"`method` must be one of {GRADUAL_METHODS}. Received: {method!r}")
+    check_choice("method", method, GRADUAL_METHODS)
     if method == "dense":
         return None
     if method == "linear":
@@ -260,7 +256,8 @@ def train_gradual(
 
     Example:
 
-    >>> from kprune import data as data_lib, models, training
+    >>> from kprune import data as data_lib, models
+    >>> from kprune.workflows import training
     >>> data = data_lib.load_dataset("digits", batch_size=64)
     >>> model = models.lenet300_100(data.input_shape, data.num_classes)
     >>> window = pruning_window(5 * data.steps_per_epoch)

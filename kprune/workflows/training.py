@@ -1,20 +1,14 @@
-"""The training loop every workflow shares: optimizer, learning rate, loss, callbacks, evaluation.
+"""The training loop every workflow shares: `train_loop`, and `fit_and_evaluate` on top of it.
 
 Workflows (`kprune.workflows.gradual`, `kprune.workflows.at_init`, `kprune.workflows.lottery`)
-differ in how they prune; they
-all train with `fit_and_evaluate(model, data, TrainConfig(...), run_dir=...)`, which compiles the
-model with the optimizer, learning-rate schedule, weight decay and loss described by the config,
-runs `model.fit` with TensorBoard logging, resumable checkpoints and (for pruned models)
-`kprune.PruningCallback`, then evaluates on the test split.
-
-Conventions taken from the reference implementations (PyTorch):
-
-* Weight decay is coupled L2, as PyTorch's `SGD(weight_decay=wd)`: the gradient of every
-  trainable variable gets `+ wd * w` (an L2 penalty `wd / 2 * ||w||^2` on each variable, biases
-  and BatchNorm included), so it goes through momentum like the published recipes.
-* Step decay multiplies the learning rate by `lr_decay_factor` from the *start* of each listed
-  epoch (PyTorch's MultiStepLR); warm-up rises linearly over `lr_warmup_epochs`; cosine decays
-  to 0 at the last step.
+differ in how they prune; they all train through `train_loop`, which runs `model.fit` epoch by
+epoch from a given optimizer step, with one resumable checkpoint format
+(`kprune.workflows.checkpoint`) and the per-epoch history of the whole run. Gradual pruning and
+pruning at initialization call `fit_and_evaluate(model, data, TrainConfig(...), run_dir=...)`,
+which compiles the model with the optimizer, learning-rate schedule, weight decay and loss of
+the config (`kprune.workflows.recipe`, whose names this module re-exports), adds TensorBoard
+logging and (for pruned models) `kprune.PruningCallback`, trains, then evaluates on the test
+split. The lottery compiles each round itself and calls `train_loop` directly.
 
 Example:
 
@@ -24,28 +18,35 @@ Example:
 >>> model = models.lenet300_100(data.input_shape, data.num_classes)
 >>> results = fit_and_evaluate(model, data, config, verbose=0)  # doctest: +SKIP
 >>> sorted(results)[:3]  # doctest: +SKIP
-['best_test_accuracy', 'epochs_run', 'fit_time_s']
+['best_test_accuracy', 'diverged', 'epochs_run']
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import numbers
 import os
-import shutil
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
-from keras import ops
 
 from kprune._internal.files import write_text_atomic
 from kprune.api import pruning_wrappers
 from kprune.callbacks import PruningCallback
 from kprune.distribute import ReplicaMaskCheck, strategy_scope
+from kprune.workflows.checkpoint import CHECKPOINT_DIR, CheckpointCallback, TrainingCheckpoint
+from kprune.workflows.recipe import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    SparseCrossentropy,
+    TrainConfig,
+    WarmupDecay,
+    apply_weight_decay,
+    make_learning_rate,
+    make_loss,
+    make_optimizer,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -58,260 +59,11 @@ __all__ = [
     "make_loss",
     "TrainTimer",
     "apply_weight_decay",
+    "train_loop",
     "fit_and_evaluate",
 ]
 
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "step", "cosine")
-
-
-def _number(name, value, low, high=None, *, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
-    bad_low = value <= low if low_open else value < low
-    bad_high = high is not None and (value >= high if high_open else value > high)
-    if bad_low or bad_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        upper = "inf" if high is None else high
-        raise ValueError(f"`{name}` must be in {left}{low}, {upper}{right}. Received: {value!r}")
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to train: epochs, optimizer, learning rate, regularization. Plain values only.
-
-    Attributes:
-        epochs: passes over the training split, >= 1.
-        optimizer: "sgd" (with `momentum`, optionally Nesterov) or "adam".
-        learning_rate: the base (peak) learning rate, > 0.
-        momentum: SGD momentum in [0, 1).
-        nesterov: Nesterov momentum for SGD.
-        lr_schedule: "constant", "step" (times `lr_decay_factor` at each of `lr_decay_epochs`)
-            or "cosine" (to 0 at the end).
-        lr_decay_epochs: epochs (may be fractional) where step decay applies, increasing.
-        lr_decay_factor: multiplier of each step decay, in (0, 1].
-        lr_warmup_epochs: linear warm-up length in epochs, >= 0.
-        weight_decay: coupled L2 coefficient (PyTorch convention), >= 0.
-        label_smoothing: in [0, 1).
-        eval_every_epoch: evaluate on the test split after every epoch (TensorBoard curves and
-            `best_test_accuracy`); the final evaluation always runs.
-
-    Example:
-
-    >>> TrainConfig(epochs=160, lr_schedule="step", lr_decay_epochs=(80, 120)).lr_decay_factor
-    0.1
-    """
-
-    epochs: int = 30
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    lr_schedule: str = "constant"
-    lr_decay_epochs: tuple = ()
-    lr_decay_factor: float = 0.1
-    lr_warmup_epochs: float = 0.0
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    eval_every_epoch: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"`epochs` must be an integer >= 1. Received: {self.epochs!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"`optimizer` must be one of {OPTIMIZERS}. Received: {self.optimizer!r}"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"`lr_schedule` must be one of {LR_SCHEDULES}. Received: {self.lr_schedule!r}"
-            )
-        _number("learning_rate", self.learning_rate, 0.0, low_open=True)
-        _number("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _number("lr_decay_factor", self.lr_decay_factor, 0.0, 1.0, low_open=True)
-        _number("lr_warmup_epochs", self.lr_warmup_epochs, 0.0, self.epochs, high_open=True)
-        _number("weight_decay", self.weight_decay, 0.0)
-        _number("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
-        decay = tuple(float(_number("lr_decay_epochs", e, 0.0)) for e in self.lr_decay_epochs)
-        if list(decay) != sorted(set(decay)):
-            raise ValueError(
-                f"`lr_decay_epochs` must be strictly increasing. Received: {self.lr_decay_epochs}"
-            )
-        if decay and decay[-1] >= self.epochs:
-            raise ValueError(
-                f"`lr_decay_epochs` must lie within training (< epochs={self.epochs}). "
-                f"Received: {self.lr_decay_epochs}"
-            )
-        if self.lr_schedule == "step" and not decay:
-            raise ValueError("lr_schedule='step' needs `lr_decay_epochs`, e.g. (80, 120).")
-        object.__setattr__(self, "lr_decay_epochs", decay)
-
-
-@keras.saving.register_keras_serializable(package="kprune")
-class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Learning rate by step: optional linear warm-up, then constant, step or cosine decay.
-
-    Args:
-        base_lr: the learning rate after warm-up, > 0.
-        total_steps: length of training in steps (the cosine reaches 0 at the last step).
-        kind: "constant", "step" or "cosine".
-        boundaries: steps from which the rate is multiplied by `factor` once more ("step").
-        factor: multiplier per boundary.
-        warmup_steps: the rate rises linearly from `base_lr / warmup_steps` to `base_lr` over
-            the first `warmup_steps` steps.
-
-    Example:
-
-    >>> lr = WarmupDecay(0.1, 100, kind="step", boundaries=(50, 75))
-    >>> [round(float(lr(s)), 4) for s in (0, 49, 50, 75)]
-    [0.1, 0.1, 0.01, 0.001]
-    """
-
-    def __init__(
-        self, base_lr, total_steps, kind="constant", boundaries=(), factor=0.1, warmup_steps=0
-    ):
-        if kind not in LR_SCHEDULES:
-            raise ValueError(f"`kind` must be one of {LR_SCHEDULES}. Received: kind={kind!r}")
-        self.base_lr = float(_number("base_lr", base_lr, 0.0, low_open=True))
-        self.total_steps = int(_number("total_steps", total_steps, 1))
-        self.kind = kind
-        self.boundaries = tuple(int(b) for b in boundaries)
-        self.factor = float(factor)
-        self.warmup_steps = int(_number("warmup_steps", warmup_steps, 0))
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        lr = ops.convert_to_tensor(self.base_lr, "float32")
-        if self.kind == "step":
-            for boundary in self.boundaries:
-                lr = ops.where(step >= boundary, lr * self.factor, lr)
-        elif self.kind == "cosine":
-            span = max(self.total_steps - 1 - self.warmup_steps, 1)
-            progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
-            lr = lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
-        if self.warmup_steps:
-            ramp = ops.minimum((step + 1.0) / self.warmup_steps, 1.0)
-            lr = lr * ramp
-        return lr
-
-    def get_config(self):
-        return {
-            "base_lr": self.base_lr,
-            "total_steps": self.total_steps,
-            "kind": self.kind,
-            "boundaries": list(self.boundaries),
-            "factor": self.factor,
-            "warmup_steps": self.warmup_steps,
-        }
-
-
-@keras.saving.register_keras_serializable(package="kprune")
-class SparseCrossentropy(keras.losses.Loss):
-    """Cross-entropy from logits for integer labels, with optional label smoothing.
-
-    `keras.losses.SparseCategoricalCrossentropy` has no label smoothing; this loss one-hot
-    encodes the labels and smooths them as `(1 - ls) * one_hot + ls / num_classes`.
-
-    Args:
-        label_smoothing: in [0, 1).
-        name: loss name.
-
-    Example:
-
-    >>> loss = SparseCrossentropy(label_smoothing=0.1)
-    >>> round(float(loss(np.array([0]), np.array([[0.0, 0.0]]))), 4)
-    0.6931
-    """
-
-    def __init__(self, label_smoothing=0.0, name="sparse_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = float(
-            _number("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
-        )
-
-    def call(self, y_true, y_pred):
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-        one_hot = ops.one_hot(labels, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-        return keras.losses.categorical_crossentropy(
-            one_hot, y_pred, from_logits=True, label_smoothing=self.label_smoothing
-        )
-
-    def get_config(self):
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
-
-
-def make_loss(config):
-    """The loss for `config`: sparse cross-entropy from logits (label smoothing if asked).
-
-    Example:
-
-    >>> type(make_loss(TrainConfig(label_smoothing=0.1))).__name__
-    'SparseCrossentropy'
-    """
-    return SparseCrossentropy(label_smoothing=config.label_smoothing)
-
-
-def make_learning_rate(config, steps_per_epoch):
-    """The `WarmupDecay` learning-rate schedule of `config`, in optimizer steps.
-
-    Example:
-
-    >>> lr = make_learning_rate(TrainConfig(lr_schedule="constant", learning_rate=0.1), 10)
-    >>> round(float(lr(5)), 6)
-    0.1
-    """
-    steps_per_epoch = int(_number("steps_per_epoch", steps_per_epoch, 1))
-    return WarmupDecay(
-        config.learning_rate,
-        total_steps=config.epochs * steps_per_epoch,
-        kind=config.lr_schedule,
-        boundaries=[round(e * steps_per_epoch) for e in config.lr_decay_epochs],
-        factor=config.lr_decay_factor,
-        warmup_steps=round(config.lr_warmup_epochs * steps_per_epoch),
-    )
-
-
-def make_optimizer(config, steps_per_epoch):
-    """The optimizer for `config`, with a `WarmupDecay` learning rate in steps.
-
-    Args:
-        config: a `TrainConfig`.
-        steps_per_epoch: training batches per epoch (converts epochs to steps).
-
-    Example:
-
-    >>> opt = make_optimizer(TrainConfig(optimizer="sgd", nesterov=True), steps_per_epoch=10)
-    >>> type(opt).__name__, opt.nesterov
-    ('SGD', True)
-    """
-    learning_rate = make_learning_rate(config, steps_per_epoch)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate, momentum=config.momentum, nesterov=config.nesterov
-        )
-    return keras.optimizers.Adam(learning_rate)
-
-
-def apply_weight_decay(model, weight_decay):
-    """Puts a coupled L2 penalty `weight_decay / 2 * ||w||^2` on every trainable variable.
-
-    The regularizer sits on the variables themselves, so it also reaches the kernels inside
-    `PruningWrapper`s (whose pruned entries are zero and add nothing). Call it on the model you
-    train (after `kprune.prune`, which creates new variables).
-
-    Example:
-
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    >>> apply_weight_decay(model, 5e-4)
-    >>> len(model.losses)
-    2
-    """
-    _number("weight_decay", weight_decay, 0.0)
-    regularizer = keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
-    for variable in model.trainable_variables:
-        variable.regularizer = regularizer
+HISTORY_FILE = "history.json"
 
 
 class TrainTimer(keras.callbacks.Callback):
@@ -349,71 +101,12 @@ class TrainTimer(keras.callbacks.Callback):
             self.seconds += self._last - self._start
 
 
-class _Backup(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` that restores *before* `fit`, so the data can start at that epoch.
-
-    Keras restores in `on_train_begin`, when `fit` already holds its dataset; kprune's training
-    stream must begin with the restored epoch, so `restore()` runs the same restore first and
-    returns the epoch to resume at. Backups are written after every epoch (weights file, then
-    epoch file), keeping the previous pair too (`double_checkpoint`): a process killed while
-    writing the weights resumes from the previous pair (Keras falls back when the weights do not
-    load); one killed between the two writes is caught by its step counter, which is then ahead
-    of the recorded epoch. A run killed mid-epoch loses that epoch's progress and redoes it.
-    """
-
-    def __init__(self, backup_dir):
-        super().__init__(
-            backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=False
-        )
-        self._restored = False
-
-    def _saved_epoch(self):
-        if not os.path.exists(self._training_metadata_path):
-            return 0
-        with open(self._training_metadata_path) as f:
-            return int(json.load(f)["epoch"])
-
-    def restore(self, model, steps_per_epoch):
-        """Loads the latest backup (if any) into `model`; returns the epoch to start at."""
-        self.set_model(model)
-        super().on_train_begin()  # loads weights and optimizer state, falls back to the previous
-        self._restored = True
-        epoch = self._saved_epoch()
-        steps = int(model.optimizer.iterations.numpy())
-        if steps <= epoch * steps_per_epoch:  # consistent (fewer: loss-scaling skipped steps)
-            return epoch
-        # The weights were written after the epoch file: the weights belong to a later epoch.
-        if steps % steps_per_epoch == 0:  # no skipped step: that epoch is known
-            epoch = steps // steps_per_epoch
-            with open(self._training_metadata_path, "w") as f:  # repair the backup
-                json.dump({"epoch": epoch, "batch": 0}, f)
-            model._initial_epoch = epoch  # where Keras' restore left the (stale) epoch for fit
-            return epoch
-        if not os.path.exists(self._prev_weights_path):
-            raise RuntimeError(
-                f"The backup in {self.backup_dir} is inconsistent (optimizer step {steps}, "
-                f"epoch {epoch} of {steps_per_epoch} steps) and has no previous backup to fall "
-                "back to. Delete the directory to start the run again."
-            )
-        for previous, current in (
-            (self._prev_weights_path, self._weights_path),
-            (self._prev_training_metadata_path, self._training_metadata_path),
-        ):
-            shutil.copyfile(previous, current)
-        super().on_train_begin()
-        return self._saved_epoch()
-
-    def on_train_begin(self, logs=None):
-        if not self._restored:
-            super().on_train_begin(logs)
-
-
 class _EpochHistory(keras.callbacks.Callback):
     """The per-epoch logs of the whole run, across restarts, kept in a JSON file.
 
     Rows of epochs at or after `first_epoch` (the epoch a resumed run starts with) are dropped:
-    they are trained again. Placed before the backup callback, so a row is on disk before the
-    backup that makes its epoch final.
+    they are trained again. Placed before the checkpoint callback, so a row is on disk before
+    the checkpoint that makes its epoch final.
     """
 
     def __init__(self, path, first_epoch):
@@ -436,15 +129,116 @@ class _EpochHistory(keras.callbacks.Callback):
         return {k: [row.get(k) for row in self.rows] for k in keys}
 
 
+def _per_epoch(fits):
+    """`{metric: [value per epoch]}` of several `fit` histories, one after the other."""
+    merged = {}
+    for history in fits:
+        for key, values in (history.history or {}).items():
+            merged.setdefault(key, []).extend(float(v) for v in values)
+    return merged
+
+
+def train_loop(
+    model,
+    batches,
+    *,
+    epochs,
+    steps_per_epoch,
+    start_step=0,
+    run_dir=None,
+    log_callbacks=(),
+    callbacks=(),
+    validation_data=None,
+    verbose=1,
+):
+    """Trains a compiled `model` from optimizer step `start_step` to `epochs * steps_per_epoch`.
+
+    Epochs are those of a run that started at step 0: a start inside an epoch first finishes
+    that epoch in a short `fit`, so epoch-based callbacks see the same epoch at the same step
+    as an uninterrupted run. With `run_dir`, a `TrainingCheckpoint` in `run_dir/checkpoints`
+    is written after every epoch and restored before training (a resumed call continues with
+    the epoch that was interrupted; a finished one trains nothing), and the per-epoch logs of
+    the whole run go to `run_dir/history.json`.
+
+    Args:
+        model: a built, compiled Keras model.
+        batches: the training data: a callable `step -> tf.data.Dataset` giving the batches
+            from optimizer step `step` on (a replayable stream, so a resumed run trains on the
+            batches of an uninterrupted one), or a dataset that `fit` goes through once per
+            epoch (then `start_step` must be 0).
+        epochs: epochs of the whole run, >= 1.
+        steps_per_epoch: optimizer steps per epoch, >= 1.
+        start_step: optimizer step the model is at when no checkpoint is restored.
+        run_dir: optional directory for the checkpoint and `history.json`.
+        log_callbacks: callbacks run before the epoch's history row and checkpoint are
+            written, so what they add to the logs is recorded (e.g. `PruningCallback`).
+        callbacks: callbacks run after them.
+        validation_data: evaluated by `fit` after every epoch, or None.
+        verbose: Keras `fit` verbosity.
+
+    Returns:
+        A dict with `resumed_at_epoch` (the restored epoch; 0 without checkpoint), `epochs_run`
+        (epochs finished in this call), `history` (`{metric: [value per epoch]}`, of the whole
+        run with `run_dir`) and `fit_time_s` (first to last batch, summed over the `fit` calls).
+
+    Example:
+
+    >>> result = train_loop(model, data.train_epochs, epochs=3, steps_per_epoch=10,
+    ...                     run_dir="run")  # doctest: +SKIP
+    """
+    stream = callable(batches)
+    if not stream and start_step:
+        raise ValueError(
+            "A dataset gone through once per epoch cannot start inside training; pass a "
+            f"callable `step -> dataset` instead. Received: start_step={start_step}"
+        )
+    step, restored, bookkeeping, epoch_history = start_step, 0, [], None
+    if run_dir is not None:
+        checkpoint = TrainingCheckpoint(Path(run_dir) / CHECKPOINT_DIR, model)
+        restored = checkpoint.restore(
+            epochs=epochs, steps_per_epoch=steps_per_epoch, start_step=start_step
+        )
+        step = max(step, restored * steps_per_epoch)
+        epoch_history = _EpochHistory(Path(run_dir) / HISTORY_FILE, step // steps_per_epoch)
+        bookkeeping = [epoch_history, CheckpointCallback(checkpoint)]  # the row first
+    timer = TrainTimer()
+    all_callbacks = [*log_callbacks, *bookkeeping, timer, *callbacks]
+    end, fits = epochs * steps_per_epoch, []
+    while True:  # at least one fit, so on_train_begin/end run also when nothing is left
+        epoch, offset = divmod(step, steps_per_epoch)
+        stop = epoch + 1 if offset else epochs
+        fits.append(
+            model.fit(
+                batches(step) if stream else batches,
+                initial_epoch=epoch,
+                epochs=stop,
+                steps_per_epoch=steps_per_epoch - offset if stream else None,
+                validation_data=validation_data,
+                callbacks=all_callbacks,
+                verbose=verbose,
+                shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
+            )
+        )
+        step = stop * steps_per_epoch
+        if model.stop_training or step >= end:  # e.g. EarlyStopping, TerminateOnNaN
+            break
+    return {
+        "resumed_at_epoch": restored,
+        "epochs_run": sum(len(history.epoch) for history in fits),
+        "history": _per_epoch(fits) if epoch_history is None else epoch_history.as_lists(),
+        "fit_time_s": timer.seconds,
+    }
+
+
 def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose=1):
     """Compiles `model`, trains it on `data.train`, evaluates it on `data.test`.
 
     Pruned models (with `PruningWrapper`s) get a `kprune.PruningCallback`. With `run_dir`,
     TensorBoard logs go to `run_dir/logs` (loss, accuracy, learning rate; sparsity under
-    `logs/pruning`), a resumable backup (weights, masks, optimizer state including the step, and
-    epoch) to `run_dir/checkpoints` after every epoch, and the per-epoch metrics to
-    `run_dir/history.json`: running again with the same `run_dir` continues where training
-    stopped, with the epoch that was interrupted.
+    `logs/pruning`), a checkpoint (weights, masks, optimizer state including the step, and
+    epoch; `kprune.workflows.checkpoint`) to `run_dir/checkpoints` after every epoch, and the
+    per-epoch metrics to `run_dir/history.json` (see `train_loop`): running again with the same
+    `run_dir` continues where training stopped, with the epoch that was interrupted.
 
     Datasets from `kprune.data.load_dataset` are trained through their replayable stream
     (`data.train_epochs`): the batches of every epoch depend on the seed and the epoch only, so
@@ -485,48 +279,37 @@ def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose
             loss=make_loss(config),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
-        timer = TrainTimer()
-        all_callbacks = []
-        first_epoch, epoch_history = 0, None
-        if run_dir is not None:
-            run_dir = os.fspath(run_dir)
-            backup = _Backup(os.path.join(run_dir, "checkpoints"))
-            first_epoch = backup.restore(model, data.steps_per_epoch)
-            epoch_history = _EpochHistory(Path(run_dir) / "history.json", first_epoch)
-            all_callbacks.append(
-                keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False)
-            )
-        replica_check = None
+        log_dir = None if run_dir is None else os.path.join(os.fspath(run_dir), "logs")
+        log_callbacks, replica_check = [], None
+        if log_dir is not None:
+            log_callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
         if pruning_wrappers(model):
-            log_dir = None if run_dir is None else os.path.join(run_dir, "logs")
-            all_callbacks.append(PruningCallback(log_dir=log_dir))
+            log_callbacks.append(PruningCallback(log_dir=log_dir))
             if strategy.num_replicas_in_sync > 1:
                 replica_check = ReplicaMaskCheck()
-                all_callbacks.append(replica_check)
-        if run_dir is not None:
-            all_callbacks += [epoch_history, backup]  # the history row first, then the backup
-        # A loss of NaN or inf ends training: the run is reported as diverged instead of
-        # running on and writing meaningless weights.
-        all_callbacks += [timer, keras.callbacks.TerminateOnNaN(), *callbacks]
+                log_callbacks.append(replica_check)
         if getattr(data, "replayable", False):
-            train, steps = data.train_epochs(first_epoch), data.steps_per_epoch
+
+            def batches(step):
+                return data.train_epochs(step // data.steps_per_epoch)
+
         else:  # a hand-made dataset: its own (reshuffling) pipeline, one pass per epoch
-            train, steps = data.train, None
-        history = model.fit(
-            train,
+            batches = data.train
+        loop = train_loop(
+            model,
+            batches,
             epochs=config.epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=steps,
+            steps_per_epoch=data.steps_per_epoch,
+            run_dir=run_dir,
+            log_callbacks=log_callbacks,
+            # A loss of NaN or inf ends training: the run is reported as diverged instead of
+            # running on and writing meaningless weights.
+            callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks],
             validation_data=data.test if config.eval_every_epoch else None,
-            callbacks=all_callbacks,
             verbose=verbose,
-            shuffle=False,  # the pipeline shuffles; Keras would only warn that it cannot
         )
         evaluation = model.evaluate(data.test, return_dict=True, verbose=0)
-    if epoch_history is not None:
-        per_epoch = epoch_history.as_lists()
-    else:
-        per_epoch = {k: [float(v) for v in values] for k, values in (history.history or {}).items()}
+    per_epoch = loop["history"]
     val_accuracy = [v for v in per_epoch.get("val_accuracy", []) if v is not None]
     losses = [v for v in per_epoch.get("loss", []) if v is not None] + [evaluation["loss"]]
     return {
@@ -535,9 +318,9 @@ def fit_and_evaluate(model, data, config, *, run_dir=None, callbacks=(), verbose
         "test_loss": float(evaluation["loss"]),
         "best_test_accuracy": float(np.max(val_accuracy)) if val_accuracy else None,
         "total_steps": int(model.optimizer.iterations.numpy()),
-        "epochs_run": len(history.epoch),
-        "resumed_at_epoch": first_epoch,
-        "fit_time_s": round(timer.seconds, 3),
+        "epochs_run": loop["epochs_run"],
+        "resumed_at_epoch": loop["resumed_at_epoch"],
+        "fit_time_s": round(loop["fit_time_s"], 3),
         "history": per_epoch,
         "replicas": int(strategy.num_replicas_in_sync),
         "masks_identical_across_replicas": None
