@@ -22,12 +22,6 @@ import numpy as np
 
 from kprune._internal.validate import check_choice
 from kprune._internal.walk import check_model, clone, fresh_copy, is_graph_model, subclassed_error
-
-# Private names (the `as _name` imports) are re-exported for the modules and tests that import
-# them from here (export, workflows); their homes are kprune._internal.walk and kprune.masks.
-from kprune._internal.walk import check_model as _check_model  # noqa: F401
-from kprune._internal.walk import clone as _clone  # noqa: F401
-from kprune._internal.walk import weight_key as _weight_key  # noqa: F401
 from kprune.criteria import get_criterion
 from kprune.masking import SCOPES
 from kprune.masks import (
@@ -39,8 +33,6 @@ from kprune.masks import (
     set_masks,
     walk_model,
 )
-from kprune.masks import optimizer_slots as _optimizer_slots  # noqa: F401
-from kprune.masks import walk_model as _walk  # noqa: F401
 from kprune.reporting import format_sparsity_report, sparsity_report
 from kprune.schedules import PruningSchedule
 from kprune.targets import check_supported, is_prunable

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 import kprune  # noqa: E402
 from kprune import data, models, train  # noqa: E402
-from kprune.api import _optimizer_slots  # noqa: E402
+from kprune.masks import optimizer_slots  # noqa: E402
 from kprune.workflows import training  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def test_masks_and_schedule_under_mixed_precision(policy):
         assert np.all(values[bits == 0] == 0.0)  # exact zeros, not float16 underflow
         assert np.count_nonzero(values[bits == 1]) == np.count_nonzero(bits)
         # The momentum of pruned weights is zero: the slot lookup reaches the inner optimizer.
-        slots = _optimizer_slots(pruned.optimizer, kernel)
+        slots = optimizer_slots(pruned.optimizer, kernel)
         assert [s.name.rsplit("_", 1)[-1] for s in slots] == ["momentum"]
         assert np.all(slots[0].numpy()[bits == 0] == 0.0)
     assert pruned(x[:4]).dtype == compute

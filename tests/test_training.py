@@ -117,7 +117,7 @@ def test_optimizer_slots_are_zeroed_where_weights_are_pruned():
     optimizer = model.optimizer
     wrapper = model.get_layer("hidden")
     kernel, mask = wrapper.pruned_weights[0], wrapper.masks[0].numpy()
-    slots = kprune.api._optimizer_slots(optimizer, kernel)
+    slots = kprune.masks.optimizer_slots(optimizer, kernel)
     assert len(slots) == 1
     momentum = slots[0].numpy()
     assert np.all(momentum[mask == 0] == 0.0) and np.any(momentum[mask == 1] != 0.0)

@@ -46,7 +46,8 @@ import numpy as np
 import tensorflow as tf
 
 from kprune._internal.validate import check_choice, check_integer, check_number
-from kprune.api import _check_model, prune, pruned_variables
+from kprune._internal.walk import check_model
+from kprune.api import prune, pruned_variables
 from kprune.distribute import strategy_scope
 from kprune.versions import versions
 from kprune.workflows.rounds import (
@@ -235,7 +236,7 @@ def run_lottery(
     ...     rounds=5, rate=0.2, rewind_step=100, epochs=10, run_dir="saved_models/lth",
     ...     test_data=test_ds)  # doctest: +SKIP
     """
-    _check_model(model, "run_lottery")
+    check_model(model, "run_lottery")
     if not callable(make_optimizer):
         raise TypeError(
             "`make_optimizer` must be a callable returning a new keras optimizer, e.g. "

@@ -28,7 +28,6 @@ import tensorflow as tf
 from kprune._internal.files import write_text_atomic
 from kprune._internal.validate import check_integer
 from kprune.api import (
-    _optimizer_slots,
     format_sparsity_report,
     get_masks,
     pruned_variables,
@@ -36,6 +35,7 @@ from kprune.api import (
     sparsity_report,
 )
 from kprune.masking import prune_lowest
+from kprune.masks import optimizer_slots
 from kprune.workflows.checkpoint import CHECKPOINT_DIR
 from kprune.workflows.training import train_loop
 from kprune.wrapper import exact_value
@@ -285,7 +285,7 @@ def run_round(model, r, run_dir, *, keep, settings, train_data, test_data, train
         masks = {id(w): m for _, w, m in pruned_variables(model)}
         for v in model.trainable_variables:
             if id(v) in masks:
-                for slot in _optimizer_slots(optimizer, v):
+                for slot in optimizer_slots(optimizer, v):
                     slot.assign(slot.numpy() * masks[id(v)].numpy().astype(slot.dtype))
 
     snapshot = None

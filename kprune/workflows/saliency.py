@@ -29,8 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 from kprune import scores as scores_lib
+from kprune._internal.walk import clone, weight_key
 from kprune.allocation import erk_prune_counts
-from kprune.api import _clone, _layers_to_wrap, _weight_key
+from kprune.api import _layers_to_wrap
 from kprune.masking import compute_masks
 from kprune.targets import prunable_weights
 
@@ -139,7 +140,7 @@ def prunable_targets(model, exclude, what):
     found = []
     for layer, prefix in _layers_to_wrap(model, exclude, what):
         for w in prunable_weights(layer):
-            found.append((_weight_key(prefix, layer, w), w))
+            found.append((weight_key(prefix, layer, w), w))
     return found
 
 
@@ -189,7 +190,7 @@ def _float64_copy(model):
 
         return new_layer, copy_weights
 
-    return _clone(model, make_layer)
+    return clone(model, make_layer)
 
 
 def _synflow_inputs(model, input_shape, dtype):
