@@ -1,27 +1,24 @@
 """kprune: neural-network pruning for Keras 3 on TensorFlow.
 
+The top level holds what a pruning program needs; the rest lives in submodules:
+`kprune.api` (masks in and out: `apply_masks`, `pruning_wrappers`, `format_sparsity_report`,
+...), `kprune.criteria` (`Magnitude`, `fggp_schedule`), `kprune.schedules`, `kprune.export`,
+`kprune.models`, `kprune.data` and `kprune.workflows` (the training workflows of the CLI).
+
 Example:
 
 >>> import keras, kprune
 >>> model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(300, activation="relu"),
 ...                           keras.layers.Dense(10)])
->>> pruned = kprune.prune(model, kprune.LinearSparsity(0.0, 0.9, begin_step=0, end_step=1000))
+>>> pruned = kprune.prune(model, kprune.LinearSparsity(final_sparsity=0.9, begin_step=0,
+...                                                    end_step=1000))
+>>> [type(layer).__name__ for layer in pruned.layers]
+['PruningWrapper', 'PruningWrapper']
 """
 
-from kprune.api import (
-    apply_masks,
-    bind_optimizer,
-    format_sparsity_report,
-    get_masks,
-    prune,
-    pruned_variables,
-    pruning_wrappers,
-    set_masks,
-    sparsity_report,
-    strip,
-)
+from kprune.api import bind_optimizer, get_masks, prune, set_masks, sparsity_report, strip
 from kprune.callbacks import PruningCallback
-from kprune.criteria import FGGP, Magnitude, fggp_schedule
+from kprune.criteria import FGGP
 from kprune.schedules import (
     ConstantSparsity,
     CyclicalSparsity,
@@ -40,21 +37,15 @@ __all__ = [
     "CyclicalSparsity",
     "FGGP",
     "LinearSparsity",
-    "Magnitude",
     "PolynomialDecay",
     "PruningCallback",
     "PruningSchedule",
     "PruningWrapper",
-    "apply_masks",
     "bind_optimizer",
-    "fggp_schedule",
-    "format_sparsity_report",
     "get_masks",
     "masks_at_init",
     "prune",
     "prune_at_init",
-    "pruned_variables",
-    "pruning_wrappers",
     "run_lottery",
     "set_masks",
     "sparsity_report",

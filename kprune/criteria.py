@@ -134,7 +134,7 @@ class FGGP(Criterion):
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> schedule = kprune.PolynomialDecay(0.0, 0.9, 0, 8000, power=3, frequency=2000)
     >>> pruned = kprune.prune(model, schedule, scope="global", criterion=FGGP())
-    >>> kprune.pruning_wrappers(pruned)[0].criterion
+    >>> kprune.api.pruning_wrappers(pruned)[0].criterion
     FGGP(candidate_rate=0.5, gradient='batch')
     """
 

@@ -40,10 +40,10 @@ def test_prune_scope_defaults_to_global_and_layer_scope_is_per_tensor():
     )
     model.get_layer("a").kernel.assign(np.full((8, 16), 10.0))  # far above every weight of b
     pruned = kprune.prune(model, ConstantSparsity(0.5))
-    assert {w.scope for w in kprune.pruning_wrappers(pruned)} == {"global"}
+    assert {w.scope for w in kprune.api.pruning_wrappers(pruned)} == {"global"}
     assert kprune.PruningWrapper(keras.layers.Dense(2)).scope == "global"
     layer_wise = kprune.prune(model, ConstantSparsity(0.5), scope="layer")
-    assert {w.scope for w in kprune.pruning_wrappers(layer_wise)} == {"layer"}
+    assert {w.scope for w in kprune.api.pruning_wrappers(layer_wise)} == {"layer"}
     x = np.ones((2, 8), "float32")
     for net in (pruned, layer_wise):
         net.compile("sgd", "mse")
@@ -67,7 +67,7 @@ def test_prune_keeps_weights_and_predictions():
         "PruningWrapper",
     ]
     # The original model is untouched (a copy is pruned, not the original).
-    assert not kprune.pruning_wrappers(model)
+    assert not kprune.api.pruning_wrappers(model)
     assert pruned.get_layer("conv").layer is not model.get_layer("conv")
 
 
@@ -97,7 +97,7 @@ def test_strip_bakes_zeros_and_matches_predictions(tmp_path):
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     pruned.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[kprune.PruningCallback()])
     stripped = kprune.strip(pruned)
-    assert not kprune.pruning_wrappers(stripped)
+    assert not kprune.api.pruning_wrappers(stripped)
     np.testing.assert_allclose(
         stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-5, atol=1e-6
     )
@@ -131,7 +131,7 @@ def test_sparsity_report_counts():
     assert report["pruned"] == {"total": 20, "nonzero": 17, "sparsity": pytest.approx(0.15)}
     # All params: 20 kernel + 5 bias (bias starts at zero), masks excluded.
     assert report["all_params"]["total"] == 25 and report["all_params"]["nonzero"] == 17
-    text = kprune.format_sparsity_report(report)
+    text = kprune.api.format_sparsity_report(report)
     assert "fc/kernel" in text and "15.00%" in text
 
 
@@ -153,7 +153,7 @@ def test_mobilenet_v2_pruned_trained_and_stripped():
         input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=4
     )
     pruned = kprune.prune(base, ConstantSparsity(0.6), scope="global")
-    assert len(kprune.pruning_wrappers(pruned)) == 53  # 52 conv kernels + the classifier
+    assert len(kprune.api.pruning_wrappers(pruned)) == 53  # 52 conv kernels + the classifier
     x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
     pruned.compile("sgd", "sparse_categorical_crossentropy", jit_compile=False)
     pruned.fit(x, np.arange(8) % 4, epochs=1, verbose=0, callbacks=[kprune.PruningCallback()])
@@ -308,7 +308,7 @@ def test_pruned_positions_stay_zero_even_when_weights_are_nan():
     kprune.set_masks(model, {"fc/kernel": mask})
     kernel = model.get_layer("fc").layer.kernel
     kernel.assign(np.full((4, 3), np.nan, "float32"))
-    kprune.apply_masks(model)
+    kprune.api.apply_masks(model)
     assert np.all(kernel.numpy()[0] == 0.0) and np.all(np.isnan(kernel.numpy()[1:]))
     report = kprune.sparsity_report(model)["pruned"]
     assert report["total"] - report["nonzero"] == 3

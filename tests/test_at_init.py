@@ -241,7 +241,7 @@ def test_scoring_leaves_the_model_bit_identical_and_pruned_copy_consistent():
             layer = pruned.get_layer(path.split("/")[0])
             original = model.get_layer(layer.name).kernel.numpy()
             np.testing.assert_array_equal(layer.layer.kernel.numpy(), original * mask)
-        assert all(w.schedule is None for w in kprune.pruning_wrappers(pruned))
+        assert all(w.schedule is None for w in kprune.api.pruning_wrappers(pruned))
 
 
 def test_deterministic_for_a_seed_and_data():

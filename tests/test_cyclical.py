@@ -295,7 +295,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
 
         def on_epoch_end(self, epoch, logs=None):
             masks, weights = {}, {}
-            for wrapper in kprune.pruning_wrappers(self.model):
+            for wrapper in kprune.api.pruning_wrappers(self.model):
                 for w, m in zip(wrapper.pruned_weights, wrapper.masks):
                     masks[wrapper.name] = [r.tolist() for r in replicas(m)]
                     weights[wrapper.name] = [r.tolist() for r in replicas(w)]

@@ -118,7 +118,7 @@ def test_replica_check_on_one_device():
         keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), kprune.ConstantSparsity(0.5)
     )
     assert distribute.masks_identical_across_replicas(model)
-    (mask,) = kprune.pruning_wrappers(model)[0].masks
+    (mask,) = kprune.api.pruning_wrappers(model)[0].masks
     assert [v.shape for v in distribute.replica_values(mask)] == [(3, 2)]
 
 

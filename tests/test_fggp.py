@@ -114,7 +114,7 @@ def test_without_recorded_gradient_candidates_rank_by_magnitude():
 # -- the schedule -----------------------------------------------------------------------------
 def test_fggp_schedule_is_the_published_cubic_density():
     total, d_i, d_f = 1010, 0.5, 0.1
-    schedule = kprune.fggp_schedule(total, 1 - d_f, initial_sparsity=1 - d_i, frequency=20)
+    schedule = kprune.criteria.fggp_schedule(total, 1 - d_f, initial_sparsity=1 - d_i, frequency=20)
     end = int(0.8 * total)
     assert (schedule.begin_step, schedule.end_step, schedule.power) == (0, end, 3.0)
     for t in range(0, total):
@@ -127,9 +127,9 @@ def test_fggp_schedule_is_the_published_cubic_density():
 
 def test_bad_schedule_and_criterion_arguments():
     with pytest.raises(ValueError, match="end_fraction"):
-        kprune.fggp_schedule(1000, 0.9, end_fraction=0.0)
+        kprune.criteria.fggp_schedule(1000, 0.9, end_fraction=0.0)
     with pytest.raises(ValueError, match="total_steps"):
-        kprune.fggp_schedule(10.5, 0.9)
+        kprune.criteria.fggp_schedule(10.5, 0.9)
     for rate in (0, 1.5, "half", True):
         with pytest.raises(ValueError, match="candidate_rate"):
             FGGP(candidate_rate=rate)
@@ -184,7 +184,7 @@ def test_each_update_follows_the_rule_with_last_step_gradient():
     pruned = kprune.prune(mlp(1), schedule, scope="global", criterion="fggp")
     optimizer = keras.optimizers.SGD(0.2, momentum=0.9)
     kprune.bind_optimizer(pruned, optimizer)
-    wrappers = kprune.pruning_wrappers(pruned)
+    wrappers = kprune.api.pruning_wrappers(pruned)
     variables = pruned.trainable_variables
 
     @tf.function(jit_compile=True)
@@ -221,7 +221,7 @@ def test_from_a_50_percent_erk_start():
     model = mlp(2)
     start = kprune.masks_at_init(model, method="random", sparsity=0.5, scope="erk", seed=5)
     steps = 16
-    schedule = kprune.fggp_schedule(steps, 0.9, initial_sparsity=0.5, frequency=4)
+    schedule = kprune.criteria.fggp_schedule(steps, 0.9, initial_sparsity=0.5, frequency=4)
     pruned = kprune.prune(model, schedule, scope="global", criterion="fggp")
     kprune.set_masks(pruned, start)
     pruned.compile(keras.optimizers.SGD(0.1), CE)

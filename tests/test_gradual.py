@@ -174,7 +174,7 @@ def test_dense_method_trains_without_wrappers():
     stripped, results = gradual.train_gradual(
         toy_model(), toy_data(), None, training.TrainConfig(epochs=3, learning_rate=0.05), verbose=0
     )
-    assert not kprune.pruning_wrappers(stripped)
+    assert not kprune.api.pruning_wrappers(stripped)
     assert results["schedule"] is None and results["sparsity"]["pruned"] is None
     assert results["total_steps"] == 3 * 6 and results["test_accuracy"] > 0.6
 
@@ -223,7 +223,7 @@ def test_mixed_precision_pruning_keeps_exact_sparsity():
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
     assert results["total_steps"] == 12
-    for wrapper in kprune.pruning_wrappers(pruned):
+    for wrapper in kprune.api.pruning_wrappers(pruned):
         kernel = wrapper.layer.kernel
         assert kernel.dtype == "float32"
         assert np.count_nonzero(kernel.numpy()) == kernel.shape[0] * kernel.shape[1] - round(

@@ -54,7 +54,7 @@ def test_masks_and_schedule_under_mixed_precision(policy):
     pruned.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[kprune.PruningCallback()])
     assert int(pruned.optimizer.iterations.numpy()) == 40  # no step skipped here
     compute = policy.split("_")[1]
-    for wrapper in kprune.pruning_wrappers(pruned):
+    for wrapper in kprune.api.pruning_wrappers(pruned):
         assert wrapper.compute_dtype == compute
         kernel, mask = wrapper.layer.kernel, wrapper.masks[0]
         assert kernel.dtype == "float32" and mask.dtype == "float32"
@@ -95,7 +95,7 @@ def test_steps_skipped_by_loss_scaling_do_not_advance_the_schedule(policy):
     # The last batch ran the forward pass of step `steps - 1`: its update set the final masks.
     assert zeros["total"] - zeros["nonzero"] == round(0.9 * (steps - 1) / 100 * total)
     assert zeros["total"] - zeros["nonzero"] != round(0.9 * (batches - 1) / 100 * total)
-    for wrapper in kprune.pruning_wrappers(pruned):
+    for wrapper in kprune.api.pruning_wrappers(pruned):
         values, bits = wrapper.layer.kernel.numpy(), wrapper.masks[0].numpy()
         assert np.all(values[bits == 0] == 0.0)
 

@@ -143,7 +143,7 @@ def test_class_count_and_input_shape_come_from_arguments():
 def test_small_models_run_and_prune_every_conv_and_dense():
     model = models.resnet20((32, 32, 3), 10)
     pruned = kprune.prune(model, kprune.ConstantSparsity(0.5))
-    wrapped = len(kprune.pruning_wrappers(pruned))
+    wrapped = len(kprune.api.pruning_wrappers(pruned))
     convs_and_dense = sum(
         isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) for layer in model.layers
     )

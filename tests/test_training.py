@@ -45,7 +45,7 @@ def masked_zero_counts(model):
 
 def check_exact_zeros(model):
     """Every pruned weight is exactly zero and masks contain only 0/1."""
-    for wrapper in kprune.pruning_wrappers(model):
+    for wrapper in kprune.api.pruning_wrappers(model):
         for w, m in zip(wrapper.pruned_weights, wrapper.masks):
             mask = m.numpy()
             assert set(np.unique(mask)) <= {0.0, 1.0}

@@ -128,7 +128,7 @@ def magnitude_prune(model, sparsity, exclude=()):
     paths = list(kprune.get_masks(pruned))
     pairs = [
         (variable, mask)
-        for wrapper in kprune.pruning_wrappers(pruned)
+        for wrapper in kprune.api.pruning_wrappers(pruned)
         for variable, mask in zip(wrapper.pruned_weights, wrapper.masks)
     ]
     masks = {}

@@ -163,8 +163,8 @@ def masks_at_init(
     >>> masks = masks_at_init(model, method="random", sparsity=0.5, scope="erk", seed=3)
     >>> sorted(masks)
     ['h/kernel', 'out/kernel']
-    >>> pruned = kprune.prune(model, kprune.fggp_schedule(10_000, 0.9, initial_sparsity=0.5),
-    ...                       scope="global", criterion="fggp")
+    >>> schedule = kprune.criteria.fggp_schedule(10_000, 0.9, initial_sparsity=0.5)
+    >>> pruned = kprune.prune(model, schedule, scope="global", criterion="fggp")
     >>> kprune.set_masks(pruned, masks)
     """
     options = _check_args(method, sparsity, scope, batches, method_options)

@@ -52,7 +52,7 @@ def kprune_run(schedule, scope="layer"):
             zeros.append(
                 [
                     int(np.sum(mask.numpy() == 0))
-                    for wrapper in kprune.pruning_wrappers(pruned)
+                    for wrapper in kprune.api.pruning_wrappers(pruned)
                     for mask in wrapper.masks
                 ]
             )
@@ -130,7 +130,7 @@ def main():
         path = os.path.join(tmp, "pruned.keras")
         pruned.save(path)
         reloaded = keras.models.load_model(path)
-        reloaded_schedule = kprune.pruning_wrappers(reloaded)[0].schedule
+        reloaded_schedule = kprune.api.pruning_wrappers(reloaded)[0].schedule
         masks_equal = all(
             np.array_equal(kprune.get_masks(pruned)[k], v)
             for k, v in kprune.get_masks(reloaded).items()

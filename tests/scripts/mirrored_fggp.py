@@ -55,7 +55,7 @@ def train(strategy, gradient):
         callbacks=[kprune.PruningCallback()],
     )
     parts = {}
-    for wrapper in kprune.pruning_wrappers(model):
+    for wrapper in kprune.api.pruning_wrappers(model):
         for v in (*wrapper.masks, *wrapper.gradient_records):
             parts[f"{wrapper.name}/{v.name}"] = [
                 p.numpy() for p in strategy.experimental_local_results(v.value)

@@ -51,7 +51,7 @@ def train(strategy, scope):
         callbacks=[kprune.PruningCallback()],
     )
     replicas = {}
-    for wrapper in kprune.pruning_wrappers(model):
+    for wrapper in kprune.api.pruning_wrappers(model):
         for mask in wrapper.masks:
             replicas[mask.path] = [
                 v.numpy() for v in strategy.experimental_local_results(mask.value)

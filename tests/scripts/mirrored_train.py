@@ -100,7 +100,7 @@ def tampered_check():
     with strategy.scope():
         base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")])
         model = kprune.prune(base, kprune.ConstantSparsity(0.5))
-    mask = kprune.pruning_wrappers(model)[0].masks[0]
+    mask = kprune.api.pruning_wrappers(model)[0].masks[0]
     before = distribute.masks_identical_across_replicas(model)
     strategy.experimental_local_results(mask.value)[1].assign(tf.zeros((4, 3)))
     check = distribute.ReplicaMaskCheck()
