@@ -239,3 +239,12 @@ def test_a_diverged_epoch_is_not_checkpointed(tmp_path, caplog):
     assert results["diverged"]
     assert ckpt.saved_epochs(tmp_path / "checkpoints") == []
     assert "no checkpoint written" in caplog.text
+
+
+def test_a_backup_of_the_old_format_is_not_resumed_and_says_so(tmp_path, caplog):
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 99, "batch": 0}')
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert (
+            ckpt.TrainingCheckpoint(tmp_path, toy_model()).restore(epochs=3, steps_per_epoch=4) == 0
+        )
+    assert "format of kprune 0.1" in caplog.text

@@ -209,6 +209,12 @@ class TrainingCheckpoint:
                 f"No checkpoint in {self.directory} can be read ({'; '.join(failures)}). Delete "
                 "the directory to start this training again."
             )
+        if (Path(self.directory) / "training_metadata.json").exists():
+            logger.warning(
+                "%s holds a backup in the format of kprune 0.1 (BackupAndRestore), which this "
+                "version does not resume; training starts again from epoch 0.",
+                self.directory,
+            )
         return 0
 
     def _check_plan(self, prefix, epoch, epochs, steps_per_epoch, start_step):
