@@ -151,7 +151,10 @@ def masks_at_init(
     Raises:
         ValueError: unknown method (the message lists the valid ones), sparsity outside
             [0, 1), bad scope or batches, missing/empty/unlabelled data for snip and grasp, a
-            model without prunable weights, non-finite SynFlow scores.
+            model without prunable weights, NaN or inf scores (snip, grasp: NaN/inf in the
+            scoring batches or the loss; synflow: overflow in float32, use dtype="float64";
+            any method: non-finite weights). The message names the first tensor affected and
+            how many of its scores are not finite; no mask is chosen from such scores.
         TypeError: an option the method does not take, data of the wrong type, a model that
             `kprune.prune` cannot handle.
 

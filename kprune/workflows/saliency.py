@@ -214,6 +214,54 @@ def _synflow_inputs(model, input_shape, dtype):
     return ones[0] if len(ones) == 1 else ones
 
 
+# -- scores must be finite before anything is selected ----------------------------------------
+_LABELS = {"snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "magnitude": "Magnitude"}
+_DATA_HINT = (
+    "Check the inputs of the scoring batches (NaN or inf values: missing data, a bad "
+    "preprocessing step), their labels, and the loss, which must be finite on those batches"
+)
+
+
+def _nonfinite_counts(scores):
+    """NaN/inf entries per score tensor: one reduction each, fetched as one vector."""
+    return tf.stack(
+        [
+            tf.math.count_nonzero(tf.logical_not(tf.math.is_finite(s)), dtype=tf.int64)
+            for s in scores
+        ]
+    )
+
+
+def _check_finite(method, targets, scores, counts=None, hint=""):
+    """Raises ValueError naming the first tensor with NaN/inf scores; selection never sees them.
+
+    Ranking NaN is meaningless (a NaN key sorts as if it were lowest, so the first weights by
+    position would be pruned), hence the refusal instead of masks.
+    """
+    counts = np.asarray(_nonfinite_counts(scores) if counts is None else counts)
+    bad = np.flatnonzero(counts)
+    if not bad.size:
+        return
+    i = int(bad[0])
+    path, variable = targets[i]
+    others = f"; {bad.size} of the {len(targets)} scored tensors have some" if bad.size > 1 else ""
+    # Only now, on the way to an error: a non-finite weight is the likeliest cause (and in
+    # SynFlow it spoils the scores of every other tensor on its paths), so name the first.
+    weights = _nonfinite_counts([v.value for _, v in targets]).numpy()
+    broken = np.flatnonzero(weights)
+    weight_note = (
+        f" The weights themselves are not finite: '{targets[broken[0]][0]}' holds "
+        f"{int(weights[broken[0]])} NaN/inf value(s)."
+        if broken.size
+        else ""
+    )
+    raise ValueError(
+        f"{_LABELS[method]} scores are not finite, so no mask can be chosen: {int(counts[i])} of "
+        f"the {int(np.prod(variable.shape))} scores of '{path}' are NaN or inf{others}."
+        f"{weight_note} {hint}"
+    )
+
+
 # -- selection ------------------------------------------------------------------------------
 def _target(sparsity, scope, shapes):
     """The selection target as a float64 tensor: one sparsity, or one per tensor for ERK.
@@ -280,6 +328,19 @@ def _grasp_scores(model, variables, data, loss, batches, training, temperature):
     return scores_lib.grasp(weights, hg)
 
 
+def _synflow_hint(compute_dtype, k):
+    if compute_dtype != tf.float64:
+        return (
+            f"The flow overflowed in {compute_dtype.name} at iteration {k} (it grows like a "
+            "product over the layers): use dtype='float64', the default, which scores a float64 "
+            "copy of the model."
+        )
+    return (
+        f"At iteration {k} even float64 overflowed, or the model's weights are not finite: "
+        "check the weights (SynFlow uses no data)."
+    )
+
+
 def _synflow_masks(model, targets, sparsity, scope, iterations, dtype, input_shape, training):
     scoring_model = _float64_copy(model) if dtype == "float64" else model
     if scoring_model is model:
@@ -294,10 +355,13 @@ def _synflow_masks(model, targets, sparsity, scope, iterations, dtype, input_sha
     shapes = [tuple(v.shape) for v in variables]
 
     @tf.function
-    def step(masks, target):
+    def score(masks):
         masked = [w * tf.cast(m, compute_dtype) for w, m in zip(weights, masks)]
         scores = scores_lib.synflow(forward, masked, inputs)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(s)) for s in scores])
+        return scores, _nonfinite_counts(scores)
+
+    @tf.function
+    def select(scores, masks, target):
         # Selection works on float32 keys: divide by the largest score first (in the compute
         # dtype) so huge float64 scores keep their order instead of all becoming inf.
         if scope == "global":
@@ -306,20 +370,17 @@ def _synflow_masks(model, targets, sparsity, scope, iterations, dtype, input_sha
         else:
             scaled = [s / tf.where(tf.reduce_max(s) > 0, tf.reduce_max(s), 1) for s in scores]
         scaled = [tf.cast(s, tf.float32) for s in scaled]
-        return _select(scaled, masks, target, scope), finite
+        return _select(scaled, masks, target, scope)
 
     masks = [tf.ones(shape, tf.float32) for shape in shapes]
     density = 1.0 - float(sparsity)
     for k in range(1, iterations + 1):
         # Exponential schedule: density D^(k/n), ending exactly at the target.
         sparsity_k = float(sparsity) if k == iterations else 1.0 - density ** (k / iterations)
-        masks, finite = step(masks, _target(sparsity_k, scope, shapes))
-        if not bool(finite):
-            raise ValueError(
-                f"SynFlow scores overflowed in {compute_dtype.name} at iteration {k} (the network "
-                "is too deep or its weights too large for this precision)."
-                + (" Use dtype='float64'." if compute_dtype != tf.float64 else "")
-            )
+        scores, counts = score(masks)
+        if np.any(counts):
+            _check_finite("synflow", targets, scores, counts, _synflow_hint(compute_dtype, k))
+        masks = select(scores, masks, _target(sparsity_k, scope, shapes))
     return masks
 
 
@@ -357,4 +418,12 @@ def score_masks(model, targets, data, method, sparsity, scope, loss, batches, op
             options["temperature"],
         )
         scores = [-s for s in grasp]
+    hint = (
+        "Check the model's weights."
+        if method == "magnitude"
+        else _DATA_HINT
+        + ("." if method == "snip" else " (and `temperature`, which divides the logits).")
+    )
+    if method != "random":
+        _check_finite(method, targets, scores, hint=hint)
     return _select(scores, ones, _target(sparsity, scope, shapes), scope)
