@@ -1,9 +1,14 @@
 """Datasets from `.npz` files: the bundled digits and `npz:PATH`, checked before loading.
 
 A usable file holds `x_train, y_train, x_test, y_test`; its shapes and dtypes are checked from
-the array headers (nothing is loaded), its labels must be `0 .. num_classes - 1`. `digits` is
-only scaled (pixel values 0..16 divided by 16); `npz:` arrays are used as given, except uint8
-arrays, which are divided by 255.
+the array headers (nothing is loaded): `x` of shape `(N, features)`, `(N, H, W)` or
+`(N, H, W, C)` (or more axes, for a model that takes them) with at least 2 training and 1 test
+example, integer label vectors of matching length. Its labels must be `0 .. num_classes - 1`
+(`num_classes = max label + 1`); a class that never occurs in `y_train`, or a stray label far
+above the others (most of `0 .. max` absent), is logged as a WARNING with the class count it
+implies. Float `x` arrays with NaN or inf are refused when loaded. `digits` is only scaled
+(pixel values 0..16 divided by 16); `npz:` arrays are used as given, except uint8 arrays, which
+are divided by 255.
 
 Example:
 
@@ -14,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import os
 import zipfile
 
@@ -24,6 +30,8 @@ from kprune.data import pipelines
 from kprune.data.dataset import Dataset, DatasetInfo
 
 __all__ = ["NPZ_PREFIX", "NPZ_KEYS", "digits_path", "npz_info", "load_npz"]
+
+_log = logging.getLogger(__name__)
 
 NPZ_PREFIX = "npz:"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -77,9 +85,16 @@ def _validate_npz_headers(name, path, headers):
         )
     (x_train, x_dtype), (y_train, y_dtype) = headers["x_train"], headers["y_train"]
     (x_test, xt_dtype), (y_test, yt_dtype) = headers["x_test"], headers["y_test"]
+    for key, shape in (("x_train", x_train), ("x_test", x_test)):
+        if len(shape) < 2:  # one number per example: almost surely a flattened or label array
+            raise ValueError(
+                f"--dataset={name}: {path}: {key} has shape {shape}; it must be (N, features), "
+                "(N, H, W) or (N, H, W, C), with the N examples first."
+            )
     problems = []
-    if len(x_train) < 2 or len(x_test) < 1:
-        problems.append(f"x_train needs >= 2 examples and x_test >= 1 ({x_train}, {x_test})")
+    for key, count, least in (("x_train", x_train[0], 2), ("x_test", x_test[0], 1)):
+        if count < least:
+            problems.append(f"{key} has {count} examples; it needs at least {least}")
     for key, shape in (("y_train", y_train), ("y_test", y_test)):
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             problems.append(f"{key} must be a vector of integer labels, got shape {shape}")
@@ -112,7 +127,55 @@ def _read_labels(name, path):
             f"--dataset={name}: labels must be integers 0 .. num_classes - 1 with at least 2 "
             f"classes; found labels from {low} to {num_classes - 1}"
         )
+    _warn_about_labels(name, path, y_train, y_test, num_classes)
     return y_train, y_test, num_classes
+
+
+_warned = set()  # (path, size, mtime) of files already warned about: npz_info runs repeatedly
+
+
+def _warn_about_labels(name, path, y_train, y_test, num_classes):
+    """Logs a WARNING for labels that make `num_classes = max label + 1` look unintended."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _warned:
+        return
+    present = np.unique(np.concatenate([y_train, y_test]))
+    implied = f"num_classes = max label + 1 = {num_classes}"
+    if present.size * 2 < num_classes:  # most of 0 .. max never occur: a stray large label
+        _warned.add(key)
+        top = ", ".join(str(int(v)) for v in present[::-1][:3])
+        _log.warning(
+            "--dataset=%s: the labels imply %s (an output layer of %d units), but only %d "
+            "distinct labels occur (largest: %s). Remap the labels to 0 .. %d if that is not "
+            "meant.",
+            name, implied, num_classes, present.size, top, present.size - 1,
+        )  # fmt: skip
+        return
+    absent = np.setdiff1d(np.arange(num_classes), y_train)
+    if absent.size:
+        _warned.add(key)
+        shown = ", ".join(str(int(v)) for v in absent[:10]) + (", ..." if absent.size > 10 else "")
+        _log.warning(
+            "--dataset=%s: %d of the %d classes (%s) never occur in y_train, so the model "
+            "cannot learn them%s; the labels imply %s.",
+            name, absent.size, num_classes, shown,
+            " (they occur in y_test)" if np.isin(absent, y_test).any() else "", implied,
+        )  # fmt: skip
+
+
+def _check_finite_pixels(name, path, key, x):
+    """Refuses float arrays holding NaN or inf: they would turn every loss and score into NaN."""
+    if x.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(x)
+    count = int(np.count_nonzero(bad))
+    if count:
+        examples = int(np.count_nonzero(bad.reshape(len(x), -1).any(axis=1)))
+        raise ValueError(
+            f"--dataset={name}: {path}: {key} holds {count} NaN/inf values in {examples} of its "
+            f"{len(x)} examples. Replace or drop them before training."
+        )
 
 
 def _example_shape(shape):
@@ -124,7 +187,9 @@ def npz_info(name):
     """`DatasetInfo` of `"digits"` or `"npz:PATH"` from the array headers and the labels.
 
     Raises:
-        ValueError: missing or unreadable file, missing keys, mismatched shapes, bad labels.
+        ValueError: missing or unreadable file, missing keys, `x` with fewer than 2 axes
+            (it must be (N, features), (N, H, W) or (N, H, W, C)), too few examples,
+            mismatched shapes, labels that are not integers 0 .. num_classes - 1.
 
     Example: see the module docstring.
     """
@@ -142,6 +207,10 @@ def npz_info(name):
 def load_npz(name, batch_size, seed, augment):
     """The `Dataset` of `"digits"` or `"npz:PATH"` (checked by `npz_info` first).
 
+    Raises:
+        ValueError: as `npz_info`, and float `x_train`/`x_test` holding NaN or inf (the message
+            counts the values and the examples).
+
     Example:
 
     >>> load_npz("digits", batch_size=128, seed=0, augment=False).steps_per_epoch
@@ -153,6 +222,8 @@ def load_npz(name, batch_size, seed, augment):
         x_train, x_test = arrays["x_train"], arrays["x_test"]
         y_train = arrays["y_train"].reshape(-1).astype(np.int32)
         y_test = arrays["y_test"].reshape(-1).astype(np.int32)
+    _check_finite_pixels(name, path, "x_train", x_train)
+    _check_finite_pixels(name, path, "x_test", x_test)
     x_train = x_train.reshape((len(x_train), *info.input_shape))
     x_test = x_test.reshape((len(x_test), *info.input_shape))
     if name == "digits":
