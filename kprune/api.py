@@ -180,7 +180,7 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
             # shapes (MultiHeadAttention: query and value) cannot be built by the wrapper from
             # the shape of its first input alone.
             build_config = layer.get_build_config()
-            if build_config:
+            if build_config and not new_layer.built:  # some build in __init__ from config
                 new_layer.build_from_config(build_config)
             wrapper = PruningWrapper(new_layer, schedule=schedule, scope=scope, criterion=criterion)
             return wrapper, lambda: new_layer.set_weights(layer.get_weights())

@@ -261,10 +261,11 @@ def prunable_weights(layer):
 
 
 def _looks_prunable(owner, variable):
-    # A trainable matrix (or higher) that is no bias nor a normalization/PReLU parameter.
+    # A trainable matrix (two axes longer than 1: a (1, 1, d) class token is a vector) that is
+    # no bias nor a normalization/PReLU parameter.
     return (
         variable.trainable
-        and len(variable.shape) >= 2
+        and sum(1 for d in variable.shape if d is None or d > 1) >= 2
         and "bias" not in variable.name
         and not isinstance(owner, _NEVER_PRUNED)
     )
@@ -279,9 +280,9 @@ def left_dense_weights(layer, pruned=None):
     """Variables of `layer` that look prunable but that kprune does not prune.
 
     For a layer with a rule or a container: those of its (nested) variables that look like
-    kernels (trainable, 2-D or more, no bias) and that the rules do not name. For any other
-    layer: its own such variables (its sublayers are walked on their own). `pruned`: the
-    variables that are masked (default: `prunable_weights(layer)`).
+    kernels (trainable, two axes longer than 1, no bias) and that the rules do not name. For
+    any other layer: its own such variables (its sublayers are walked on their own). `pruned`:
+    the variables that are masked (default: `prunable_weights(layer)`).
 
     Example:
 

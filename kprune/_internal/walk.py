@@ -152,7 +152,15 @@ def fresh_copy(layer):
         raise subclassed_error(layer, "prune")
     if isinstance(layer, keras.layers.Lambda) and not layer.weights:
         return layer
-    return layer.__class__.from_config(layer.get_config())
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"Layer '{layer.name}' ({type(layer).__module__}.{type(layer).__name__}) cannot be "
+            "rebuilt from its own config: `from_config(layer.get_config())` fails with "
+            f"{type(err).__name__}: {err}. kprune copies models layer by layer this way (as "
+            "keras.models.clone_model does); fix the layer's get_config()/from_config()."
+        ) from err
 
 
 def clone(model, make_layer, compiled=True):
