@@ -145,6 +145,22 @@ def _rnn(cls, cell):
     return build
 
 
+def _conv_lstm():
+    inputs = keras.Input((5, 8))
+    h = keras.layers.Reshape((5, 8, 1))(inputs)
+    h = keras.layers.ConvLSTM1D(3, 3, name="convlstm")(h)
+    return keras.Model(inputs, keras.layers.Flatten()(h)), [
+        "convlstm/conv_lstm_cell/kernel",
+        "convlstm/conv_lstm_cell/recurrent_kernel",
+    ]
+
+
+def _rnn_of_cell():
+    inputs = keras.Input((5, 8))
+    h = keras.layers.RNN(keras.layers.LSTMCell(4, name="cell"), name="rnn")(inputs)
+    return keras.Model(inputs, h), ["rnn/cell/kernel", "rnn/cell/recurrent_kernel"]
+
+
 NESTED = {
     "MultiHeadAttention": _mha,
     "TimeDistributed": _time_distributed,
@@ -152,6 +168,8 @@ NESTED = {
     "LSTM": _rnn(keras.layers.LSTM, "lstm_cell"),
     "GRU": _rnn(keras.layers.GRU, "gru_cell"),
     "SimpleRNN": _rnn(keras.layers.SimpleRNN, "simple_rnn_cell"),
+    "ConvLSTM1D": _conv_lstm,
+    "RNN(LSTMCell)": _rnn_of_cell,
 }
 
 
