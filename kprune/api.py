@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -33,7 +35,7 @@ from kprune.masks import (
     set_masks,
     walk_model,
 )
-from kprune.reporting import format_sparsity_report, sparsity_report
+from kprune.reporting import format_sparsity_report, left_dense, sparsity_report
 from kprune.schedules import PruningSchedule
 from kprune.targets import check_supported, is_prunable
 from kprune.wrapper import PruningWrapper
@@ -94,7 +96,8 @@ def _layers_to_wrap(model, exclude, what):
             f"Model '{model.name}' has no prunable layer"
             + (f" outside `exclude`={sorted(exclude)}" if exclude else "")
             + ". kprune prunes Dense, EinsumDense, Conv*, DepthwiseConv*, SeparableConv* and "
-            "Embedding kernels, and layers that define get_prunable_weights()."
+            "Embedding kernels, RNN cell kernels, layers that define get_prunable_weights(), "
+            "and the layers that own such layers (MultiHeadAttention, TimeDistributed, ...)."
         )
     for layer, _ in to_wrap:
         check_supported(layer)
@@ -150,9 +153,27 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
     criterion = get_criterion(criterion)
     wrap_ids = {id(layer) for layer, _ in _layers_to_wrap(model, exclude, "prune")}
 
+    dense = left_dense(model)
+    if dense:
+        # One warning per call, naming every weight, so no weight is left dense silently.
+        warnings.warn(
+            f"prune() leaves {len(dense)} weight(s) of model '{model.name}' dense that look "
+            f"prunable but that no kprune rule covers: {dense}. Give their layer a "
+            "`get_prunable_weights()` method returning them to prune them; "
+            "`sparsity_report(model)['left_dense']` lists them.",
+            UserWarning,
+            stacklevel=2,
+        )
+
     def make_layer(layer):
         new_layer = fresh_copy(layer)
         if id(layer) in wrap_ids:
+            # Build the copy as the original was built: a layer whose build takes several
+            # shapes (MultiHeadAttention: query and value) cannot be built by the wrapper from
+            # the shape of its first input alone.
+            build_config = layer.get_build_config()
+            if build_config and not new_layer.built:  # some build in __init__ from config
+                new_layer.build_from_config(build_config)
             wrapper = PruningWrapper(new_layer, schedule=schedule, scope=scope, criterion=criterion)
             return wrapper, lambda: new_layer.set_weights(layer.get_weights())
         return new_layer, lambda: new_layer.set_weights(layer.get_weights())

@@ -21,6 +21,7 @@ import numpy as np
 
 from kprune._internal.walk import check_model, walk, weight_key
 from kprune.pruning_group import PruningGroup
+from kprune.targets import is_container
 from kprune.wrapper import PruningWrapper
 
 __all__ = [
@@ -34,8 +35,16 @@ __all__ = [
 ]
 
 
+def _opaque(layer):
+    # A wrapper, or a layer that owns prunable layers and is wrapped as a whole.
+    return isinstance(layer, PruningWrapper) or is_container(layer)
+
+
 def walk_model(model, prefix=(), seen=None):
-    """`(layer, names of its containers)` below `model`, each once; wrappers are not entered.
+    """`(layer, names of its containers)` below `model`, each once.
+
+    Neither wrappers nor the layers `prune()` wraps as a whole (`kprune.targets.is_container`:
+    MultiHeadAttention, an RNN, ...) are entered.
 
     Example:
 
@@ -43,7 +52,7 @@ def walk_model(model, prefix=(), seen=None):
     >>> [layer.name for layer, _ in walk_model(model)]
     ['fc']
     """
-    return walk(model, (PruningWrapper,), prefix, seen)
+    return walk(model, _opaque, prefix, seen)
 
 
 def pruned_variables(model):

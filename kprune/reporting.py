@@ -15,10 +15,70 @@ import numpy as np
 
 from kprune._internal.walk import check_model, weight_key
 from kprune.masks import pruning_wrappers, walk_model
-from kprune.targets import is_prunable, prunable_weights
+from kprune.targets import is_prunable, left_dense_weights, prunable_weights
 from kprune.wrapper import PruningWrapper
 
-__all__ = ["format_sparsity_report", "sparsity_report"]
+__all__ = ["format_sparsity_report", "left_dense", "sparsity_report"]
+
+
+def _lambda_captures(layer):
+    """Layers and variables a `Lambda` uses from its closure or its module's globals.
+
+    Keras neither tracks nor saves them, and kprune cannot wrap them.
+    """
+    function = getattr(layer, "function", None)
+    values = []
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    code = getattr(function, "__code__", None)
+    namespace = getattr(function, "__globals__", {})
+    for name in getattr(code, "co_names", ()):
+        values.append(namespace.get(name))
+    found = {}
+    for value in values:
+        if isinstance(value, (keras.layers.Layer, keras.Variable)):
+            found.setdefault(id(value), value)
+    return list(found.values())
+
+
+def left_dense(model):
+    """Paths of the weights of `model` that look prunable but that kprune leaves dense.
+
+    These are trainable matrices (no biases or normalization weights) that no rule of
+    `kprune.targets` covers: a custom layer's own `add_weight` kernel without
+    `get_prunable_weights()`, a positional embedding, weights a `Lambda` closes over. Layers
+    left out with `prune(exclude=...)` are not listed (they are prunable, and are rows of
+    `sparsity_report` with `wrapped=False`).
+
+    Example:
+
+    >>> dense = keras.layers.Dense(2, name="fc")
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: dense(x))])
+    >>> left_dense(model)
+    ['lambda/fc/kernel']
+    """
+    paths = []
+    for layer, prefix in walk_model(model):
+        if isinstance(layer, keras.layers.Lambda):
+            for value in _lambda_captures(layer):
+                if isinstance(value, keras.Variable):
+                    paths.append("/".join((*prefix, layer.name, value.name)))
+                    continue
+                inner = (*prefix, layer.name)
+                for v in [*prunable_weights(value), *left_dense_weights(value)]:
+                    paths.append(weight_key(inner, value, v))
+            continue
+        if isinstance(layer, PruningWrapper):
+            variables = left_dense_weights(layer.layer, pruned=layer.pruned_weights)
+        elif isinstance(layer, keras.Model):
+            continue  # its layers are walked on their own
+        else:
+            variables = left_dense_weights(layer)
+        paths.extend(weight_key(prefix, layer, v) for v in variables)
+    return paths
 
 
 def _totals(rows):
@@ -44,7 +104,9 @@ def sparsity_report(model):
           kprune?);
         * `"pruned"`: totals over wrapped variables (None if the model has no wrapper);
         * `"prunable"`: totals over all prunable variables, wrapped or not;
-        * `"all_params"`: totals over every model weight (masks excluded).
+        * `"all_params"`: totals over every model weight (masks excluded);
+        * `"left_dense"`: paths of weights that look prunable but that kprune cannot prune
+          (`left_dense(model)`), e.g. a custom layer's own kernel.
 
     Example:
 
@@ -99,6 +161,7 @@ def sparsity_report(model):
         "pruned": _totals(wrapped_rows) if wrapped_rows else None,
         "prunable": _totals(rows),
         "all_params": _totals(all_rows),
+        "left_dense": left_dense(model),
     }
 
 

@@ -34,7 +34,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from kprune._internal.compat import call_has_training_arg
 from kprune._internal.validate import check_choice
+from kprune._internal.walk import variable_path
 from kprune.criteria import get_criterion
 from kprune.masking import SCOPES
 from kprune.pruning_group import PruningGroup, apply_mask, exact_value
@@ -98,6 +100,9 @@ class PruningWrapper(keras.layers.Wrapper):
     ['kernel_mask']
     """
 
+    # Read by kprune._internal.walk and kprune.targets, which cannot import this module.
+    is_pruning_wrapper = True
+
     def __init__(self, layer, schedule=None, scope="global", criterion="magnitude", **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
@@ -113,8 +118,9 @@ class PruningWrapper(keras.layers.Wrapper):
             raise ValueError(
                 f"Layer '{layer.name}' of type {type(layer).__name__} has no weights kprune "
                 "knows how to prune. Supported: Dense, EinsumDense, Conv1D/2D/3D, "
-                "Conv*Transpose, DepthwiseConv1D/2D, SeparableConv1D/2D, Embedding, or any "
-                "layer that defines get_prunable_weights()."
+                "Conv*Transpose, DepthwiseConv1D/2D, SeparableConv1D/2D, Embedding, RNN cells, "
+                "any layer that defines get_prunable_weights(), and layers that own such "
+                "layers (MultiHeadAttention, TimeDistributed, Bidirectional, LSTM, ...)."
             )
         check_supported(layer)
         if schedule is not None and not isinstance(schedule, PruningSchedule):
@@ -152,10 +158,12 @@ class PruningWrapper(keras.layers.Wrapper):
                 f"Layer '{self.layer.name}' returned no prunable weights after build; nothing "
                 "to wrap."
             )
+        # Nested variables (a MultiHeadAttention's query/kernel) are named by their path.
+        names = ["_".join(variable_path(self.layer, w)) for w in weights]
         masks = []
-        for w in weights:
+        for w, name in zip(weights, names):
             mask = self.add_weight(
-                name=f"{w.name}_mask",
+                name=f"{name}_mask",
                 shape=tuple(w.shape),
                 initializer="ones",
                 dtype=w.dtype,
@@ -173,7 +181,7 @@ class PruningWrapper(keras.layers.Wrapper):
         if self.criterion.needs_gradients:
             self.gradient_records = [
                 self.add_weight(
-                    name=f"{w.name}_grad",
+                    name=f"{name}_grad",
                     shape=tuple(w.shape),
                     initializer="zeros",
                     dtype=w.dtype,
@@ -181,7 +189,7 @@ class PruningWrapper(keras.layers.Wrapper):
                     # The recorded gradient is all-reduced first, so replicas hold one value.
                     aggregation="only_first_replica",
                 )
-                for w in weights
+                for w, name in zip(weights, names)
             ]
         self.built = True
 
@@ -208,7 +216,7 @@ class PruningWrapper(keras.layers.Wrapper):
                 )
             if self._group.leader is self:
                 self._group.maybe_update()
-        if self.layer._call_has_training_arg:
+        if call_has_training_arg(self.layer):
             kwargs["training"] = training
         weights = self.pruned_weights
         pruned = {id(w): m for w, m in zip(weights, self.masks)}
@@ -239,6 +247,13 @@ class PruningWrapper(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return self.layer.compute_output_shape(input_shape, *args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        # The inner layer maps its call arguments to shapes itself: a layer with several
+        # inputs (MultiHeadAttention's query and value) needs all of them, not the first one.
+        if not call_has_training_arg(self.layer):
+            kwargs.pop("training", None)
+        return self.layer.compute_output_spec(*args, **kwargs)
 
     def compute_mask(self, inputs, previous_mask=None):
         return self.layer.compute_mask(inputs, previous_mask)

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 __all__ = [
     "MissingInternalError",
+    "call_has_training_arg",
     "child_layers",
     "is_legacy_keras_object",
     "no_autocast",
@@ -80,6 +81,28 @@ def child_layers(layer):
         layer, "_flatten_layers", "to find the layers nested in a model", "keras.layers.Layer"
     )
     return list(flatten(include_self=False, recursive=False))
+
+
+# Public gap: whether a layer's `call()` takes `training` is known to Keras (it passes it on
+# when it does) but not exposed; a wrapper that forwards calls needs to know it too.
+def call_has_training_arg(layer):
+    """True if `layer.call` accepts a `training` argument.
+
+    Example:
+
+    >>> call_has_training_arg(keras.layers.Dropout(0.5)), call_has_training_arg(
+    ...     keras.layers.Flatten())
+    (True, False)
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(f"Expected a keras.layers.Layer. Received: {layer!r}")
+    value = getattr(layer, "_call_has_training_arg", None)
+    if not isinstance(value, bool):
+        raise _missing(
+            "`keras.layers.Layer._call_has_training_arg`",
+            "to forward `training` to a wrapped layer only if it takes it",
+        )
+    return value
 
 
 # Public gap: nothing public tells a Keras 2 / tf_keras object from an unrelated one; their

@@ -24,6 +24,7 @@ __all__ = [
     "fresh_copy",
     "is_graph_model",
     "subclassed_error",
+    "variable_path",
     "walk",
     "weight_key",
 ]
@@ -32,8 +33,9 @@ __all__ = [
 def walk(layer, opaque=(), prefix=(), seen=None):
     """Yields `(sublayer, names of its containers)` below `layer`, each layer once.
 
-    Nested models and custom layers are entered; layers of the classes in `opaque` (e.g.
-    `PruningWrapper`) are yielded but not entered, so a wrapped layer is not listed twice.
+    Nested models and custom layers are entered; layers in `opaque` (a tuple of classes, e.g.
+    `(PruningWrapper,)`, or a predicate `opaque(layer) -> bool`) are yielded but not entered,
+    so a wrapped layer is not listed twice.
 
     Example:
 
@@ -46,15 +48,34 @@ def walk(layer, opaque=(), prefix=(), seen=None):
             continue
         seen.add(id(child))
         yield child, prefix
-        if not isinstance(child, opaque):
+        if not (opaque(child) if callable(opaque) else isinstance(child, opaque)):
             yield from walk(child, opaque, prefix + (child.name,), seen)
+
+
+def variable_path(layer, variable):
+    """Names from `layer` down to `variable`: `("kernel",)`, or `("query", "kernel")` when a
+    sublayer of `layer` (here a MultiHeadAttention's `query` EinsumDense) owns it.
+
+    Example:
+
+    >>> td = keras.layers.TimeDistributed(keras.layers.Dense(2, name="fc"))
+    >>> td.build((None, 5, 3))
+    >>> variable_path(td, td.layer.kernel)
+    ('fc', 'kernel')
+    """
+    for child in child_layers(layer):
+        if any(v is variable for v in child.weights):
+            return (child.name, *variable_path(child, variable))
+    return (variable.name,)
 
 
 def weight_key(prefix, layer, variable):
     """Stable name of a pruned variable: containers / layer / variable, e.g. `block/fc/kernel`.
 
-    Keras variable paths depend on the name scopes active when a layer was built, which differ
-    between `prune()` and `keras.models.load_model()`; this key does not.
+    A variable of a sublayer of `layer` is named by its path inside `layer`
+    (`"block/mha/query/kernel"`). Keras variable paths depend on the name scopes active when a
+    layer was built, which differ between `prune()` and `keras.models.load_model()`; this key
+    does not.
 
     Example:
 
@@ -63,7 +84,10 @@ def weight_key(prefix, layer, variable):
     >>> weight_key(("block",), dense, dense.kernel)
     'block/fc/kernel'
     """
-    return "/".join((*prefix, layer.name, variable.name))
+    # A PruningWrapper keeps its own name, but paths inside it start at the wrapped layer
+    # (`"fc/kernel"`, not `"fc/fc/kernel"`), so they are the same before and after strip().
+    inner = layer.layer if getattr(layer, "is_pruning_wrapper", False) else layer
+    return "/".join((*prefix, layer.name, *variable_path(inner, variable)))
 
 
 def check_model(model, what):
@@ -119,18 +143,34 @@ def subclassed_error(model, what):
 
 
 def fresh_copy(layer):
-    """A new, unbuilt layer with the same config (weights are copied after cloning)."""
+    """A new, unbuilt layer with the same config (weights are copied after cloning).
+
+    A `Lambda` holds no state and, when its function is Python code, can only be rebuilt from
+    its config with unsafe deserialization enabled process-wide: it is reused as it is.
+    """
     if isinstance(layer, keras.Model) and not is_graph_model(layer):
         raise subclassed_error(layer, "prune")
-    return layer.__class__.from_config(layer.get_config())
+    if isinstance(layer, keras.layers.Lambda) and not layer.weights:
+        return layer
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"Layer '{layer.name}' ({type(layer).__module__}.{type(layer).__name__}) cannot be "
+            "rebuilt from its own config: `from_config(layer.get_config())` fails with "
+            f"{type(err).__name__}: {err}. kprune copies models layer by layer this way (as "
+            "keras.models.clone_model does); fix the layer's get_config()/from_config()."
+        ) from err
 
 
 def clone(model, make_layer, compiled=True):
     """`keras.models.clone_model` with `make_layer(layer)`, then weights copied over.
 
-    `make_layer` returns `(new_layer, copy_weights)` where `copy_weights()` runs once the
-    clone is built. With `compiled=False` the copy is not compiled even if `model` is
-    (`clone_model` copies the compile config of a compiled model).
+    `make_layer(layer)` is called for every Layer and returns `(new_layer, copy_weights)`,
+    where `copy_weights()` runs once the clone is built. Operator nodes of functional graphs
+    (Keras Operations that are not Layers, e.g. from `x + y`) are passed through untouched.
+    With `compiled=False` the copy is not compiled even if `model` is (`clone_model` copies
+    the compile config of a compiled model).
 
     Example:
 
@@ -145,6 +185,11 @@ def clone(model, make_layer, compiled=True):
     copies = []
 
     def clone_function(layer):
+        # A functional graph also holds operator nodes (`x + y`, `keras.ops.relu(h)`): Keras
+        # Operations that are not Layers, hold no state, and have no config to rebuild from
+        # in general. Reusing the node in the new graph is what `clone_model` does by default.
+        if not isinstance(layer, keras.layers.Layer):
+            return layer
         new_layer, copy_weights = make_layer(layer)
         copies.append(copy_weights)
         return new_layer
