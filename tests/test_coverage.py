@@ -34,7 +34,7 @@ def _check_pruned_model(model, x, y, tmp_path, expected_paths, jit_compile=False
     _train_two_steps(pruned, x, y, jit_compile=jit_compile)
 
     masks = kprune.get_masks(pruned)
-    weights = {path: np.asarray(w.numpy()) for path, w, _ in kprune.pruned_variables(pruned)}
+    weights = {path: np.asarray(w.numpy()) for path, w, _ in kprune.api.pruned_variables(pruned)}
     for path, mask in masks.items():
         # Exactly round(s * n) weights removed per tensor, and they are zero in the variable.
         assert int((mask == 0).sum()) == round(SPARSITY * mask.size), path
@@ -45,7 +45,7 @@ def _check_pruned_model(model, x, y, tmp_path, expected_paths, jit_compile=False
     assert report["left_dense"] == []
 
     stripped = kprune.strip(pruned)
-    assert not kprune.pruning_wrappers(stripped)
+    assert not kprune.api.pruning_wrappers(stripped)
     # Eager calls: predict() of a model compiled with jit_compile=True would run XLA, whose
     # rounding differs from the eager kernels' by an ulp.
     expected = np.asarray(pruned(x, training=False))
@@ -96,7 +96,7 @@ def test_global_scope_over_operator_graph_prunes_exactly_the_target():
     outputs = keras.layers.Dense(2, name="b")(h)
     pruned = kprune.prune(keras.Model(inputs, outputs), ConstantSparsity(0.8))
     kprune.bind_optimizer(pruned, keras.optimizers.SGD())
-    kprune.pruning_wrappers(pruned)[0]._group.update(0.8)
+    kprune.api.pruning_wrappers(pruned)[0]._group.update(0.8)
     total = sum(m.size for m in kprune.get_masks(pruned).values())
     zeros = sum(int((m == 0).sum()) for m in kprune.get_masks(pruned).values())
     assert (total, zeros) == (48, round(0.8 * 48))
@@ -180,8 +180,8 @@ def test_nested_kernels_prune_with_exact_counts_strip_and_save(kind, tmp_path):
     y = np.asarray(model(x)) + 0.1
     pruned = _check_pruned_model(model, x, y, tmp_path, paths)
     # One wrapper around the whole layer; its masks are named by their path inside it.
-    assert len(kprune.pruning_wrappers(pruned)) == len({p.split("/")[0] for p in paths})
-    names = [m.name for w in kprune.pruning_wrappers(pruned) for m in w.masks]
+    assert len(kprune.api.pruning_wrappers(pruned)) == len({p.split("/")[0] for p in paths})
+    names = [m.name for w in kprune.api.pruning_wrappers(pruned) for m in w.masks]
     assert len(set(names)) == len(names)
 
 

@@ -116,3 +116,24 @@ def test_foreign_directory_is_refused_even_with_overwrite(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(config.UsageError, match="not a kprune run"):
         run_dir.decide(fake_config(tmp_path, {}, overwrite=True))
+
+
+def test_the_summary_names_weights_left_dense(values):
+    from kprune.experiment import report
+
+    cfg = run_config.config_from_flags(parse(values))
+    results = {
+        "total_steps": 10,
+        "wall_time_s": 1.0,
+        "test_accuracy": 0.9,
+        "global_sparsity": 0.9,
+        "nonzero_params": 10,
+        "dense_params": 100,
+        "replicas": 1,
+        "left_dense": [f"block/w{i}" for i in range(7)],
+    }
+    text = report.summary_paragraph(cfg, results, "run")
+    assert "7 prunable-looking weight(s) were left dense" in text
+    assert "block/w0, block/w1, block/w2, block/w3, block/w4, ..." in text
+    results["left_dense"] = []
+    assert "left dense" not in report.summary_paragraph(cfg, results, "run")

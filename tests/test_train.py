@@ -230,6 +230,7 @@ def test_short_run_writes_results_with_exact_sparsity(short_run):
         "model",
         "dataset",
         "target_sparsity",
+        "left_dense",
         "global_sparsity",
         "test_accuracy",
         "dense_params",
@@ -241,6 +242,7 @@ def test_short_run_writes_results_with_exact_sparsity(short_run):
         "flags",
     ):
         assert key in results, key
+    assert results["left_dense"] == []  # every weight of LeNet-300-100 is prunable
     assert (results["method"], results["model"], results["dataset"]) == (
         "linear",
         "lenet300_100",

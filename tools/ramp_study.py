@@ -228,7 +228,7 @@ class Bind(keras.callbacks.Callback):
                 group.slots = [[[] for _ in per_wrapper] for per_wrapper in group.slots]
 
     def on_train_end(self, logs=None):
-        kprune.apply_masks(self.model)
+        kprune.api.apply_masks(self.model)
 
 
 class Trace(keras.callbacks.Callback):

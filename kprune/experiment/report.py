@@ -128,6 +128,15 @@ def summary_paragraph(config, results, run_dir):
         f"Outputs are in {run_dir}/: model.keras (stripped), results.json, run.flags, "
         f"checkpoints/, and TensorBoard logs (tensorboard --logdir {run_dir}/logs)."
         + (
+            f" {len(results['left_dense'])} prunable-looking weight(s) were left dense "
+            f"(kprune cannot prune them; listed under left_dense in results.json): "
+            f"{', '.join(results['left_dense'][:5])}"
+            + (", ..." if len(results["left_dense"]) > 5 else "")
+            + "."
+            if results.get("left_dense")
+            else ""
+        )
+        + (
             " WARNING: training diverged (the loss became NaN or infinite) and was stopped; "
             "lower --lr or check the data."
             if results.get("diverged")

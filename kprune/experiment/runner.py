@@ -204,6 +204,8 @@ def _train_and_write(ctx, plan_lines, decision, echo):
         "all_params_sparsity": final["all_params"]["sparsity"],
         "pruned": pruned_report["pruned"],
         "layers": pruned_report["layers"],
+        # Weights that look prunable but kprune cannot prune (custom layers, Lambda captures).
+        "left_dense": pruned_report.get("left_dense", []),
         "total_steps": method_results.pop("total_steps"),
         "steps_per_epoch": ctx.steps_per_epoch,
         "epochs": config.training.epochs,
