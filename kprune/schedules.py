@@ -207,6 +207,15 @@ class _RampSchedule(PruningSchedule):
         )
         self.initial_sparsity = check_sparsity("initial_sparsity", initial_sparsity)
         self._final_sparsity = check_sparsity("final_sparsity", final_sparsity)
+        if self._final_sparsity < self.initial_sparsity and not self.allows_regrowth:
+            # Monotone pruning never unprunes a weight: the masks would stay at the initial
+            # sparsity while the schedule reports a lower one.
+            raise ValueError(
+                f"{type(self).__name__} cannot lower the sparsity: pruned weights stay pruned, "
+                "so `final_sparsity` must be >= `initial_sparsity` (use CyclicalSparsity for "
+                "pruning that lets weights regrow). Received: "
+                f"initial_sparsity={initial_sparsity!r}, final_sparsity={final_sparsity!r}"
+            )
         self.begin_step = check_integer("begin_step", begin_step, 0)
         self.end_step = check_integer("end_step", end_step, 0)
         _check_span(self.begin_step, self.end_step)

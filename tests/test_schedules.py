@@ -171,3 +171,10 @@ def test_custom_schedule_subclass_is_usable():
 
     updates, values = run(Halfway(), range(5))
     assert updates == [False, False, False, True, False] and values[3] == 0.5
+
+
+@pytest.mark.parametrize("cls", [LinearSparsity, PolynomialDecay])
+def test_a_decreasing_monotone_schedule_is_refused(cls):
+    with pytest.raises(ValueError, match="cannot lower the sparsity.*initial_sparsity=0.9"):
+        cls(0.9, 0.1, begin_step=0, end_step=100)
+    assert cls(0.5, 0.5, begin_step=0, end_step=100).final_sparsity == 0.5  # flat is fine
