@@ -60,32 +60,39 @@ from tools.ramp_study_runs import (  # noqa: E402
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "data", "../shared/data/mnist_dev.npz", ".npz with x_train/y_train/x_test/y_test."
-)
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (initialization and shuffling).")
-flags.DEFINE_list("sparsities", ["0.95", "0.98", "0.99"], "Target sparsities of the trace part.")
-flags.DEFINE_list(
-    "variant_sparsities", ["0.98"], "Target sparsities at which every recipe variant runs."
-)
-flags.DEFINE_list(
-    "parts",
-    ["trace", "variants"],
-    "trace (CLI recipe at every --sparsities), variants (every recipe of --variants at "
-    "--variant_sparsities), layer (layer scope, CLI recipe), nan (LeNet-5-Caffe divergence), "
-    "cli_check (the CLI itself, to check the rebuilt recipe).",
-)
-flags.DEFINE_list("variants", None, "Recipe variants to run (default: all of RECIPES).")
-flags.DEFINE_list("methods", ["linear", "polynomial"], "Ramps to compare.")
-flags.DEFINE_integer("epochs", 20, "Epochs of the base recipe.")
-flags.DEFINE_integer("batch_size", 100, "Batch size.")
-flags.DEFINE_string("out", None, "JSON output path (default: print only).")
-flags.DEFINE_bool("dense", True, "Train the dense baseline (trace and variants parts).")
-flags.DEFINE_integer("nan_steps", 300, "nan part: training steps per configuration.")
-flags.DEFINE_list("nan_configs", None, "nan part: configurations (default: all).")
-flags.DEFINE_list(
-    "summarize", None, "Only print the markdown tables of these JSON files (no training)."
-)
+
+
+def define_flags():
+    """Defines the flags on absl's global FLAGS, only when run as a program: an import (the
+    doctest collection of the test suite) must not clash with kprune.train's flags."""
+    flags.DEFINE_string(
+        "data", "../shared/data/mnist_dev.npz", ".npz with x_train/y_train/x_test/y_test."
+    )
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (initialization and shuffling).")
+    flags.DEFINE_list(
+        "sparsities", ["0.95", "0.98", "0.99"], "Target sparsities of the trace part."
+    )
+    flags.DEFINE_list(
+        "variant_sparsities", ["0.98"], "Target sparsities at which every recipe variant runs."
+    )
+    flags.DEFINE_list(
+        "parts",
+        ["trace", "variants"],
+        "trace (CLI recipe at every --sparsities), variants (every recipe of --variants at "
+        "--variant_sparsities), layer (layer scope, CLI recipe), nan (LeNet-5-Caffe divergence), "
+        "cli_check (the CLI itself, to check the rebuilt recipe).",
+    )
+    flags.DEFINE_list("variants", None, "Recipe variants to run (default: all of RECIPES).")
+    flags.DEFINE_list("methods", ["linear", "polynomial"], "Ramps to compare.")
+    flags.DEFINE_integer("epochs", 20, "Epochs of the base recipe.")
+    flags.DEFINE_integer("batch_size", 100, "Batch size.")
+    flags.DEFINE_string("out", None, "JSON output path (default: print only).")
+    flags.DEFINE_bool("dense", True, "Train the dense baseline (trace and variants parts).")
+    flags.DEFINE_integer("nan_steps", 300, "nan part: training steps per configuration.")
+    flags.DEFINE_list("nan_configs", None, "nan part: configurations (default: all).")
+    flags.DEFINE_list(
+        "summarize", None, "Only print the markdown tables of these JSON files (no training)."
+    )
 
 
 # -- the CLI itself ----------------------------------------------------------------------------
@@ -187,4 +194,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
