@@ -42,12 +42,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python tools/ramp_study.py` puts tools/, not the root, on sys.path
     sys.path.insert(0, str(ROOT))
 
+from tools import cli  # noqa: E402
 from tools.benchlib import environment  # noqa: E402
 from tools.ramp_study_nan import NAN_CONFIGS, nan_one, standardized_copy  # noqa: E402
 from tools.ramp_study_report import markdown, write_json  # noqa: E402
@@ -59,40 +60,58 @@ from tools.ramp_study_runs import (  # noqa: E402
     train_one,
 )
 
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """Defines the flags on absl's global FLAGS, only when run as a program: an import (the
-    doctest collection of the test suite) must not clash with kprune.train's flags."""
-    flags.DEFINE_string(
-        "data", "../shared/data/mnist_dev.npz", ".npz with x_train/y_train/x_test/y_test."
-    )
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (initialization and shuffling).")
-    flags.DEFINE_list(
-        "sparsities", ["0.95", "0.98", "0.99"], "Target sparsities of the trace part."
-    )
-    flags.DEFINE_list(
-        "variant_sparsities", ["0.98"], "Target sparsities at which every recipe variant runs."
-    )
-    flags.DEFINE_list(
-        "parts",
-        ["trace", "variants"],
-        "trace (CLI recipe at every --sparsities), variants (every recipe of --variants at "
-        "--variant_sparsities), layer (layer scope, CLI recipe), nan (LeNet-5-Caffe divergence), "
-        "cli_check (the CLI itself, to check the rebuilt recipe).",
-    )
-    flags.DEFINE_list("variants", None, "Recipe variants to run (default: all of RECIPES).")
-    flags.DEFINE_list("methods", ["linear", "polynomial"], "Ramps to compare.")
-    flags.DEFINE_integer("epochs", 20, "Epochs of the base recipe.")
-    flags.DEFINE_integer("batch_size", 100, "Batch size.")
-    flags.DEFINE_string("out", None, "JSON output path (default: print only).")
-    flags.DEFINE_bool("dense", True, "Train the dense baseline (trace and variants parts).")
-    flags.DEFINE_integer("nan_steps", 300, "nan part: training steps per configuration.")
-    flags.DEFINE_list("nan_configs", None, "nan part: configurations (default: all).")
-    flags.DEFINE_list(
-        "summarize", None, "Only print the markdown tables of these JSON files (no training)."
-    )
+FLAGS = flags.FlagValues()  # the script's own flags (see tools/cli.py)
+flags.DEFINE_string(
+    "data",
+    "../shared/data/mnist_dev.npz",
+    ".npz with x_train/y_train/x_test/y_test.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_list(
+    "seeds", ["0", "1", "2"], "Seeds (initialization and shuffling).", flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "sparsities",
+    ["0.95", "0.98", "0.99"],
+    "Target sparsities of the trace part.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_list(
+    "variant_sparsities",
+    ["0.98"],
+    "Target sparsities at which every recipe variant runs.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_list(
+    "parts",
+    ["trace", "variants"],
+    "trace (CLI recipe at every --sparsities), variants (every recipe of --variants at "
+    "--variant_sparsities), layer (layer scope, CLI recipe), nan (LeNet-5-Caffe divergence), "
+    "cli_check (the CLI itself, to check the rebuilt recipe).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_list(
+    "variants", None, "Recipe variants to run (default: all of RECIPES).", flag_values=FLAGS
+)
+flags.DEFINE_list("methods", ["linear", "polynomial"], "Ramps to compare.", flag_values=FLAGS)
+flags.DEFINE_integer("epochs", 20, "Epochs of the base recipe.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 100, "Batch size.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "JSON output path (default: print only).", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "dense", True, "Train the dense baseline (trace and variants parts).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "nan_steps", 300, "nan part: training steps per configuration.", flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "nan_configs", None, "nan part: configurations (default: all).", flag_values=FLAGS
+)
+flags.DEFINE_list(
+    "summarize",
+    None,
+    "Only print the markdown tables of these JSON files (no training).",
+    flag_values=FLAGS,
+)
 
 
 # -- the CLI itself ----------------------------------------------------------------------------
@@ -110,7 +129,7 @@ def cli_run(data_path, method, sparsity, seed, directory, extra=()):
 
 
 def main(argv):
-    del argv
+    cli.no_arguments(cli.parse(FLAGS, argv, __doc__))
     if FLAGS.summarize:
         markdown(FLAGS.summarize)
         return
@@ -124,10 +143,11 @@ def main(argv):
                                                  "batch_size", "nan_steps")},
            "base_recipe": BASE, "recipes": RECIPES,
            "runs": [], "nan": [], "cli_check": []}  # fmt: skip
+    sizes = {"epochs": FLAGS.epochs, "batch_size": FLAGS.batch_size}
     start = time.perf_counter()
 
     def run(name, method, sparsity, seed, scope="global"):
-        result = train_one(data_path, method, sparsity, seed, RECIPES[name], scope=scope)
+        result = train_one(data_path, method, sparsity, seed, RECIPES[name], scope=scope, **sizes)
         result["recipe_name"] = name
         out["runs"].append(result)
 
@@ -171,12 +191,12 @@ def main(argv):
         print("CLI check: python -m kprune.train with the same settings", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             for method, sparsity in (("linear", 0.98), ("polynomial", 0.98)):
-                cli = cli_run(data_path, method, sparsity, seeds[0], tmp)
-                mine = train_one(data_path, method, sparsity, seeds[0], RECIPES["cli"])
-                cli["rebuilt_final_acc"] = mine["final_acc"]
-                print(f"  {method} 98% seed {seeds[0]}: CLI {cli['test_accuracy'] * 100:.2f}, "
+                run_cli = cli_run(data_path, method, sparsity, seeds[0], tmp)
+                mine = train_one(data_path, method, sparsity, seeds[0], RECIPES["cli"], **sizes)
+                run_cli["rebuilt_final_acc"] = mine["final_acc"]
+                print(f"  {method} 98% seed {seeds[0]}: CLI {run_cli['test_accuracy'] * 100:.2f}, "
                       f"rebuilt {mine['final_acc'] * 100:.2f}", flush=True)  # fmt: skip
-                out["cli_check"].append(cli)
+                out["cli_check"].append(run_cli)
     out["wall_time_s"] = round(time.perf_counter() - start, 1)
     if out["runs"]:
         print_table(out["runs"], "validation accuracy (mnist_dev, 800 images), %")
@@ -194,5 +214,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    sys.exit(cli.run(main))

@@ -2,9 +2,9 @@
 
 `train_one` trains LeNet-300-100 with the CLI's recipe rebuilt from plain Keras and kprune's
 public API, varied by a recipe of `RECIPES`, and records the validation accuracy around every
-mask update (`Trace`). It reads `--epochs` and `--batch_size`, which tools/ramp_study.py defines
-(the flags live with the entry point so that its `--help` lists them). tools/ramp_study_nan.py
-reuses the learning-rate schedules and `val_arrays`.
+mask update (`Trace`). `epochs` and `batch_size` come from tools/ramp_study.py's `--epochs` and
+`--batch_size` (the flags live with the entry point). tools/ramp_study_nan.py reuses the
+learning-rate schedules and `val_arrays`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 import kprune
+from kprune import api, models
 from kprune import data as data_lib
-from kprune import models
-
-FLAGS = flags.FLAGS
 
 # -- recipes -----------------------------------------------------------------------------------
 # Base = the CLI defaults with --epochs=20 --batch_size=100. A variant overrides some keys.
@@ -175,7 +172,7 @@ class Bind(keras.callbacks.Callback):
                 group.slots = [[[] for _ in per_wrapper] for per_wrapper in group.slots]
 
     def on_train_end(self, logs=None):
-        kprune.api.apply_masks(self.model)
+        api.apply_masks(self.model)  # since the 17-name top level, in kprune.api
 
 
 class Trace(keras.callbacks.Callback):
@@ -251,15 +248,31 @@ def val_arrays(dataset):
     return tf.constant(np.concatenate(xs)), np.concatenate(ys)
 
 
-def train_one(data_path, method, sparsity, seed, recipe, *, scope="global", quiet=False):
-    """One run of LeNet-300-100 with `recipe`; returns a dict of results."""
+def train_one(
+    data_path,
+    method,
+    sparsity,
+    seed,
+    recipe,
+    *,
+    epochs=20,
+    batch_size=100,
+    scope="global",
+    quiet=False,
+):
+    """One run of LeNet-300-100 with `recipe`; returns a dict of results.
+
+    `epochs` is the base recipe's (a recipe's own "epochs" overrides it; the pruning window of
+    "end_steps_of_base" stays the base's in steps).
+    """
     r = {**BASE, **recipe}
-    epochs = r["epochs"] or FLAGS.epochs
+    base_epochs = epochs
+    epochs = r["epochs"] or base_epochs
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    data = data_lib.load_dataset(f"npz:{data_path}", FLAGS.batch_size, seed=seed)
+    data = data_lib.load_dataset(f"npz:{data_path}", batch_size, seed=seed)
     total = epochs * data.steps_per_epoch
-    base_total = FLAGS.epochs * data.steps_per_epoch
+    base_total = base_epochs * data.steps_per_epoch
     if r["end_steps_of_base"]:
         end, freq = round(r["end"] * base_total), max(1, round(r["frequency"] * base_total))
     else:
