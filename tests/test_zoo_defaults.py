@@ -4,7 +4,8 @@ Only --model, --dataset, --epochs and --batch_size are set (plus where the run g
 must stay finite and fall. The data are small synthetic npz files, MNIST-shaped (28x28x1) and
 CIFAR-shaped (32x32x3) uint8 images whose class is a bright patch at a class-dependent place,
 so a few steps can learn something. VGG-19, VGG-like, ResNet-18 and ResNet-50 (11-24M
-parameters) take tens of seconds each on a small CPU: they are marked slow.
+parameters) take tens of seconds each on a small CPU: they are marked slow; ResNet-20 and
+ResNet-32 take 15-30 s each: integration.
 """
 
 import os
@@ -20,6 +21,7 @@ import pytest  # noqa: E402
 from kprune import models, train  # noqa: E402
 
 HEAVY = {"vgg_like", "vgg19", "resnet18", "resnet50"}
+MEDIUM = {"resnet20", "resnet32"}
 # VGG-like and VGG-19 need at least 32x32 images.
 SHAPES = {"mnist": (28, 28, 1), "cifar": (32, 32, 3)}
 
@@ -44,6 +46,7 @@ def cases():
             if name.startswith("vgg") and shape[0] < 32:
                 continue
             marks = [pytest.mark.slow] if name in HEAVY else []
+            marks += [pytest.mark.integration] if name in MEDIUM else []
             yield pytest.param(name, kind, marks=marks, id=f"{name}-{kind}")
 
 
