@@ -1,7 +1,16 @@
 """Layer-wise budgets: how many weights each tensor keeps for a given overall sparsity.
 
-Global and uniform budgets need no table (`kprune.masking.compute_masks` handles both with
-`scope="global"` / `scope="layer"`); this module holds the budgets that depend on the shapes:
+`BUDGETS` names the per-tensor budgets of the gradual methods (`budget=` of `kprune.prune` and
+`kprune.workflows.gradual.train_gradual`, `--budget` on the command line):
+
+* "global": one magnitude threshold over all pruned tensors (`scope="global"`).
+* "uniform": every tensor pruned to the same sparsity (`scope="layer"`).
+* "erk": every tensor gets its own final sparsity from the ERK rule below, and its own copy of
+  the schedule scaled to that target (`ScaledSparsity`, pruned with `scope="layer"`), so a
+  linear schedule stays linear in every tensor and the counts at the end are exact.
+
+Global and uniform budgets need no table (`kprune.masking.compute_masks` handles both);
+this module holds the budgets that depend on the shapes:
 
 * ERK (Erdos-Renyi-Kernel, from RigL): the density of a tensor is proportional to
   `(sum of its dimensions / product of its dimensions) ** power_scale`, scaled so the whole
@@ -22,11 +31,28 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-from kprune._internal.validate import check_number, check_sparsity
+from kprune._internal.validate import check_choice, check_number, check_sparsity
+from kprune.schedules import PruningSchedule
+from kprune.targets import prunable_weights
 
-__all__ = ["erk_densities", "erk_keep_counts", "erk_prune_counts"]
+__all__ = [
+    "BUDGETS",
+    "BUDGET_SCOPES",
+    "ScaledSparsity",
+    "erk_densities",
+    "erk_keep_counts",
+    "erk_prune_counts",
+    "layer_budgets",
+    "resolve_budget",
+]
+
+BUDGETS = ("global", "uniform", "erk")
+# The `scope` each budget corresponds to ("erk" is also a scope of the at-init methods).
+BUDGET_SCOPES = {"global": "global", "uniform": "layer", "erk": "erk"}
 
 
 def _check_shapes(shapes):
@@ -139,3 +165,154 @@ def erk_prune_counts(shapes, sparsity, power_scale=1.0):
     """
     keep = erk_keep_counts(shapes, sparsity, power_scale)
     return [math.prod(int(d) for d in s) - k for s, k in zip(shapes, keep)]
+
+
+@keras.saving.register_keras_serializable(package="kprune")
+class ScaledSparsity(PruningSchedule):
+    """`schedule` scaled to another final sparsity: `s(t) = schedule(t) * final / s_f`.
+
+    Updates on the same steps as `schedule`; with `final_sparsity` a tensor's own target (an
+    ERK budget) every tensor follows the same shape (a linear ramp stays linear) and the
+    totals over tensors follow `schedule`. The target is computed in float64, and at the end
+    of the schedule it is `final_sparsity` exactly, so `round(final * n)` weights are pruned.
+
+    Args:
+        schedule: a `PruningSchedule` whose `final_sparsity` is > 0 (or a 0 `final_sparsity`).
+        final_sparsity: the sparsity this copy ends at, in [0, 1).
+
+    Example:
+
+    >>> from kprune import LinearSparsity
+    >>> scaled = ScaledSparsity(LinearSparsity(0.0, 0.8, 0, 100, frequency=10), 0.4)
+    >>> [round(float(scaled(tf.constant(s, tf.int64))[1]), 3) for s in (0, 50, 100)]
+    [0.0, 0.2, 0.4]
+    """
+
+    def __init__(self, schedule, final_sparsity):
+        if not isinstance(schedule, PruningSchedule):
+            raise TypeError(f"`schedule` must be a PruningSchedule. Received: {schedule!r}")
+        self.schedule = schedule
+        self.target = check_sparsity("final_sparsity", final_sparsity)
+        if self.target > 0 and not schedule.final_sparsity > 0:
+            raise ValueError(
+                f"Cannot scale {schedule!r}, which ends at sparsity 0, to {self.target}."
+            )
+        self.allows_regrowth = schedule.allows_regrowth
+
+    def __call__(self, step):
+        should, sparsity = self.schedule(step)
+        if self.target == 0:
+            return should, tf.constant(0.0, tf.float64)
+        # Divide by the end value as the schedule computes it (float32), so the ratio is
+        # exactly 1.0 there and the last update prunes exactly round(target * n) weights.
+        end = float(np.float32(self.schedule.final_sparsity))
+        ratio = tf.cast(sparsity, tf.float64) / end
+        return should, tf.clip_by_value(ratio * self.target, 0.0, self.target)
+
+    @property
+    def final_sparsity(self):
+        return self.target
+
+    @property
+    def last_update_step(self):
+        return self.schedule.last_update_step
+
+    def __getattr__(self, name):
+        # begin_step, end_step, frequency, ... of the schedule it scales.
+        if name == "schedule":
+            raise AttributeError(name)
+        return getattr(self.schedule, name)
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "final_sparsity": self.target,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        schedule = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(schedule, config["final_sparsity"])
+
+    def __eq__(self, other):
+        return (
+            type(other) is ScaledSparsity
+            and self.schedule == other.schedule
+            and self.target == other.target
+        )
+
+    def __hash__(self):
+        return hash(("ScaledSparsity", self.schedule, self.target))
+
+    def __repr__(self):
+        return f"ScaledSparsity({self.schedule!r}, final_sparsity={self.target!r})"
+
+
+def resolve_budget(budget=None, scope="global"):
+    """The budget for `budget=` and `scope=` given together (`budget` wins; `scope` alone maps).
+
+    Raises ValueError when they contradict: `scope` other than the default "global" must be
+    the scope of `budget` ("layer" for "uniform", "erk" for "erk").
+
+    Example:
+
+    >>> resolve_budget(None, "layer"), resolve_budget("erk"), resolve_budget("uniform", "layer")
+    ('uniform', 'erk', 'uniform')
+    """
+    scopes = {v: k for k, v in BUDGET_SCOPES.items()}
+    check_choice("scope", scope, tuple(scopes))
+    if budget is None:
+        return scopes[scope]
+    check_choice("budget", budget, BUDGETS)
+    if scope != "global" and BUDGET_SCOPES[budget] != scope:
+        raise ValueError(
+            f"budget={budget!r} contradicts scope={scope!r} (budget {budget!r} is scope "
+            f"{BUDGET_SCOPES[budget]!r}); give one of them."
+        )
+    return budget
+
+
+def layer_budgets(layers, schedule, budget):
+    """The `(schedule, scope)` of each layer to wrap, for a per-tensor budget.
+
+    Args:
+        layers: built prunable Keras layers, in model order (one pruned tensor each for "erk").
+        schedule: the model-wide `PruningSchedule` (or None: fixed masks, no budget to apply).
+        budget: one of `BUDGETS`.
+
+    Returns:
+        A list of `(schedule, scope)` pairs, one per layer: the shared schedule with scope
+        "global" or "layer", or (for "erk") a `ScaledSparsity` to the tensor's ERK target
+        (`erk_prune_counts` at `schedule.final_sparsity`, as an exact fraction) with "layer".
+
+    Raises:
+        ValueError: "erk" for a layer with more than one pruned tensor (e.g. SeparableConv2D),
+            whose tensors would need different targets within one wrapper.
+
+    Example:
+
+    >>> from kprune import LinearSparsity
+    >>> dense = keras.layers.Dense(10)
+    >>> dense.build((None, 100))
+    >>> [(round(s.final_sparsity, 3), scope)
+    ...  for s, scope in layer_budgets([dense], LinearSparsity(0.0, 0.5, 0, 9), "erk")]
+    [(0.5, 'layer')]
+    """
+    check_choice("budget", budget, BUDGETS)
+    if schedule is None or budget != "erk":
+        return [(schedule, BUDGET_SCOPES[budget] if budget != "erk" else "layer")] * len(layers)
+    shapes = []
+    for layer in layers:
+        weights = prunable_weights(layer)
+        if len(weights) != 1:
+            raise ValueError(
+                f"budget='erk' gives every pruned tensor its own target, but layer "
+                f"'{layer.name}' has {len(weights)} pruned tensors in one wrapper. Keep it "
+                "dense (exclude) or use budget='global' or 'uniform'."
+            )
+        shapes.append(tuple(weights[0].shape))
+    counts = erk_prune_counts(shapes, schedule.final_sparsity)
+    return [
+        (ScaledSparsity(schedule, count / math.prod(shape)), "layer")
+        for shape, count in zip(shapes, counts)
+    ]

@@ -24,6 +24,7 @@ import numpy as np
 
 from kprune._internal.validate import check_choice
 from kprune._internal.walk import check_model, clone, fresh_copy, is_graph_model, subclassed_error
+from kprune.allocation import layer_budgets, resolve_budget
 from kprune.criteria import get_criterion
 from kprune.masking import SCOPES
 from kprune.masks import (
@@ -104,7 +105,7 @@ def _layers_to_wrap(model, exclude, what):
     return to_wrap
 
 
-def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude"):
+def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude", budget=None):
     """Returns a copy of `model` whose prunable layers are wrapped in `PruningWrapper`.
 
     The copy has the same architecture and weights (nested models are cloned too); it is not
@@ -123,6 +124,9 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
         criterion: which weights the schedule's updates remove: `"magnitude"` (smallest |w|,
             the default), `"fggp"` (gradient-first, magnitude-next), or a
             `kprune.criteria.Criterion` such as `kprune.FGGP(candidate_rate=0.5)`.
+        budget: per-tensor budget instead of `scope` (`kprune.allocation.BUDGETS`): "global",
+            "uniform" (= scope "layer") or "erk" (each tensor on the schedule scaled to its ERK
+            target); a `scope` other than "global" must agree with it.
 
     Returns:
         A new `keras.Model`.
@@ -149,9 +153,12 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
             f"begin_step=0, end_step=1000), or None for fixed masks. Received: "
             f"schedule={schedule!r}"
         )
-    check_choice("scope", scope, SCOPES)
+    if budget is None:
+        check_choice("scope", scope, SCOPES)
+    budget = resolve_budget(budget, scope)
     criterion = get_criterion(criterion)
-    wrap_ids = {id(layer) for layer, _ in _layers_to_wrap(model, exclude, "prune")}
+    to_wrap = [layer for layer, _ in _layers_to_wrap(model, exclude, "prune")]
+    plan = dict(zip(map(id, to_wrap), layer_budgets(to_wrap, schedule, budget)))
 
     dense = left_dense(model)
     if dense:
@@ -167,14 +174,17 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
 
     def make_layer(layer):
         new_layer = fresh_copy(layer)
-        if id(layer) in wrap_ids:
+        if id(layer) in plan:
             # Build the copy as the original was built: a layer whose build takes several
             # shapes (MultiHeadAttention: query and value) cannot be built by the wrapper from
             # the shape of its first input alone.
             build_config = layer.get_build_config()
             if build_config and not new_layer.built:  # some build in __init__ from config
                 new_layer.build_from_config(build_config)
-            wrapper = PruningWrapper(new_layer, schedule=schedule, scope=scope, criterion=criterion)
+            layer_schedule, layer_scope = plan[id(layer)]
+            wrapper = PruningWrapper(
+                new_layer, schedule=layer_schedule, scope=layer_scope, criterion=criterion
+            )
             return wrapper, lambda: new_layer.set_weights(layer.get_weights())
         return new_layer, lambda: new_layer.set_weights(layer.get_weights())
 

@@ -57,3 +57,79 @@ def test_power_scale_zero_is_uniform():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         erk_keep_counts(**kwargs)
+
+
+# -- budgets for the gradual methods (issue 14) ------------------------------------------------
+def _dense_layers(shapes):
+    import keras
+
+    layers = []
+    for fan_in, units in shapes:
+        layer = keras.layers.Dense(units)
+        layer.build((None, fan_in))
+        layers.append(layer)
+    return layers
+
+
+def test_erk_budget_known_by_hand():
+    # N = 1100, s = 0.5, keep 550: raw 110/1000 = 0.11 and 20/100 = 0.2, scale 550/130, ideal
+    # kept 465.38 and 84.62 -> floors 465 + 84 = 549, the missing one goes to the larger
+    # remainder (0.62): 465 and 85 kept, 535 and 15 pruned.
+    from kprune import LinearSparsity
+    from kprune.allocation import layer_budgets
+
+    layers = _dense_layers([(100, 10), (10, 10)])
+    budgets = layer_budgets(layers, LinearSparsity(0.0, 0.5, 0, 10), "erk")
+    assert [scope for _, scope in budgets] == ["layer", "layer"]
+    assert [s.final_sparsity for s, _ in budgets] == [535 / 1000, 15 / 100]
+    assert erk_prune_counts([(100, 10), (10, 10)], 0.5) == [535, 15]
+
+
+def test_scaled_schedule_keeps_the_shape_and_ends_exactly_on_target():
+    import tensorflow as tf
+
+    from kprune import LinearSparsity, PolynomialDecay
+    from kprune.allocation import ScaledSparsity
+
+    for base in (
+        LinearSparsity(0.0, 0.98, 0, 100, frequency=7),
+        PolynomialDecay(0.0, 0.98, 0, 100),
+    ):
+        scaled = ScaledSparsity(base, 0.6326)
+        for step in (0, 7, 50, 99, 100, 150):
+            should, target = scaled(tf.constant(step, tf.int64))
+            base_should, base_target = base(tf.constant(step, tf.int64))
+            assert bool(should) == bool(base_should)
+            assert float(target) == pytest.approx(float(base_target) / 0.98 * 0.6326, rel=1e-6)
+        assert float(scaled(tf.constant(100, tf.int64))[1]) == 0.6326  # exactly, in float64
+        assert scaled.end_step == 100 and scaled.last_update_step == 100
+        assert ScaledSparsity.from_config(scaled.get_config()) == scaled
+        assert hash(ScaledSparsity(base, 0.6326)) == hash(scaled)
+
+
+def test_uniform_and_global_budgets_are_the_scopes():
+    from kprune import LinearSparsity
+    from kprune.allocation import layer_budgets, resolve_budget
+
+    schedule = LinearSparsity(0.0, 0.9, 0, 10)
+    layers = _dense_layers([(8, 4), (4, 2)])
+    assert layer_budgets(layers, schedule, "global") == [(schedule, "global")] * 2
+    assert layer_budgets(layers, schedule, "uniform") == [(schedule, "layer")] * 2
+    assert resolve_budget(None, "global") == "global"
+    assert resolve_budget("erk", "global") == "erk"  # "global" is the default scope
+    with pytest.raises(ValueError, match="contradicts scope='layer'"):
+        resolve_budget("erk", "layer")
+    with pytest.raises(ValueError, match="budget"):
+        resolve_budget("sensitivity")
+
+
+def test_erk_refuses_layers_with_two_pruned_tensors():
+    import keras
+
+    from kprune import LinearSparsity
+    from kprune.allocation import layer_budgets
+
+    conv = keras.layers.SeparableConv2D(4, 3)
+    conv.build((None, 8, 8, 2))
+    with pytest.raises(ValueError, match="2 pruned tensors"):
+        layer_budgets([conv], LinearSparsity(0.0, 0.9, 0, 10), "erk")

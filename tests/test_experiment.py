@@ -137,3 +137,43 @@ def test_the_summary_names_weights_left_dense(values):
     assert "block/w0, block/w1, block/w2, block/w3, block/w4, ..." in text
     results["left_dense"] = []
     assert "left dense" not in report.summary_paragraph(cfg, results, "run")
+
+
+# -- --budget and --scope (issue 14) -----------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, budget, scope",
+    [
+        ([], "erk", "erk"),  # the gradual methods' default
+        (["--method=polynomial", "--scope=global"], "global", "global"),
+        (["--budget=uniform"], "uniform", "layer"),
+        (["--budget=uniform", "--scope=layer"], "uniform", "layer"),
+        (["--method=snip"], "global", "global"),
+        (["--method=snip", "--budget=erk"], "erk", "erk"),
+        (["--method=fggp"], "global", "global"),  # FGGP pools globally, as published
+        (["--method=lth"], "global", "global"),
+    ],
+)
+def test_budget_and_scope_resolve_to_one_choice(values, args, budget, scope):
+    config_ = run_config.config_from_flags(parse(values, *args))
+    assert (config_.budget, config_.scope) == (budget, scope)
+    # run.flags records the resolved pair, so reusing it as a flagfile means the same run.
+    assert config_.flag_lines["budget"] == f"--budget={budget}"
+    assert config_.flag_lines["scope"] == f"--scope={scope}"
+    assert (config_.flags["budget"], config_.flags["scope"]) == (budget, scope)
+
+
+def test_contradicting_budget_and_scope_are_a_usage_error(values):
+    parse(values, "--budget=global", "--scope=erk")
+    with pytest.raises(config.UsageError, match="contradicts --scope=erk"):
+        run_config.config_from_flags(values)
+
+
+def test_lenet5_caffe_gets_its_own_default_learning_rate(values):
+    lenet5 = run_config.config_from_flags(parse(values, "--model=lenet5_caffe"))
+    assert lenet5.training.learning_rate == config.MODEL_LEARNING_RATES["lenet5_caffe"] == 0.01
+    assert lenet5.flag_lines["lr"] == "--lr=0.01"  # run.flags records the rate used
+    values.unparse_flags()
+    given = run_config.config_from_flags(parse(values, "--model=lenet5_caffe", "--lr=0.05"))
+    assert given.training.learning_rate == 0.05
+    values.unparse_flags()
+    assert run_config.config_from_flags(parse(values)).training.learning_rate == 0.05

@@ -13,6 +13,7 @@ import tensorflow as tf  # noqa: E402
 
 import kprune  # noqa: E402
 from kprune import data  # noqa: E402
+from kprune.api import pruning_wrappers  # noqa: E402
 from kprune.workflows import gradual, training  # noqa: E402
 
 
@@ -229,3 +230,88 @@ def test_mixed_precision_pruning_keeps_exact_sparsity():
         assert np.count_nonzero(kernel.numpy()) == kernel.shape[0] * kernel.shape[1] - round(
             0.6 * kernel.shape[0] * kernel.shape[1]
         )
+
+
+# -- issue 14: learning rate coupled to the window, per-tensor budgets ---------------------------
+def test_hold_cosine_holds_until_the_window_end_then_decays_to_zero():
+    lr = training.WarmupDecay(0.05, 641, kind="hold_cosine", hold_steps=480)
+    values = [float(lr(s)) for s in (0, 240, 480, 560, 640)]
+    assert values[:3] == pytest.approx([0.05] * 3)
+    assert values[3] == pytest.approx(0.025, rel=1e-5) and values[4] == pytest.approx(0, abs=1e-9)
+    warm = training.WarmupDecay(0.1, 100, kind="hold_cosine", hold_steps=50, warmup_steps=10)
+    assert float(warm(4)) == pytest.approx(0.05) and float(warm(50)) == pytest.approx(0.1)
+    # No window end: the plain cosine.
+    plain = training.make_learning_rate(
+        training.TrainConfig(epochs=2, lr_schedule="hold_cosine"), 5
+    )
+    cosine = training.make_learning_rate(training.TrainConfig(epochs=2, lr_schedule="cosine"), 5)
+    assert [float(plain(s)) for s in range(10)] == [float(cosine(s)) for s in range(10)]
+    config = training.TrainConfig(epochs=2, lr_schedule="hold_cosine", lr_hold_end_step=10)
+    with pytest.raises(ValueError, match="beyond training"):
+        training.make_learning_rate(config, 5)
+    assert (
+        keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(lr)).hold_steps
+        == 480
+    )
+
+
+def _erk_run(seed):
+    keras.utils.set_random_seed(seed)
+    ds = toy_data(seed=0)
+    model = toy_model()
+    total = 4 * ds.steps_per_epoch
+    window = gradual.pruning_window(total, end=0.5, frequency_steps=2)
+    schedule = gradual.make_schedule("linear", 0.9, window)
+    config = training.TrainConfig(epochs=4, learning_rate=0.05, lr_schedule="hold_cosine")
+    return gradual.train_gradual(model, ds, schedule, config, budget="erk", verbose=0)
+
+
+def test_erk_budget_gives_exact_counts_per_tensor_and_is_deterministic():
+    from kprune.allocation import erk_prune_counts
+
+    stripped, results = _erk_run(0)
+    shapes = [(16, 32), (32, 3)]
+    expected = erk_prune_counts(shapes, 0.9)
+    zeros = [int(np.sum(stripped.get_layer(n).kernel.numpy() == 0)) for n in ("hidden", "logits")]
+    assert zeros == expected
+    assert sum(zeros) == round(0.9 * (16 * 32 + 32 * 3))
+    assert results["budget"] == "erk" and results["scope"] == "erk"
+    assert results["lr_hold_end_step"] == 12  # the window's end step (24 steps, end 0.5)
+    again, _ = _erk_run(0)
+    for a, b in zip(stripped.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_erk_ramp_is_linear_in_every_tensor():
+    import tensorflow as tf
+
+    from kprune.allocation import layer_budgets
+
+    ds = toy_data()
+    model = toy_model()
+    schedule = gradual.make_schedule("linear", 0.9, gradual.PruningWindow(0, 20, 5))
+    layers = [model.get_layer("hidden"), model.get_layer("logits")]
+    scaled = [s for s, _ in layer_budgets(layers, schedule, "erk")]
+    for s in scaled:
+        targets = [float(s(tf.constant(t, tf.int64))[1]) for t in (0, 5, 10, 15, 20)]
+        np.testing.assert_allclose(np.diff(targets), s.final_sparsity / 4, rtol=1e-6)
+    sizes = [16 * 32, 32 * 3]
+    mid = sum(float(s(tf.constant(10, tf.int64))[1]) * n for s, n in zip(scaled, sizes))
+    # Halfway the total is half the final total, which is exactly round(0.9 * N).
+    assert mid == pytest.approx(0.5 * round(0.9 * sum(sizes)), rel=1e-9)
+    del ds
+
+
+def test_prune_with_erk_budget_saves_and_loads(tmp_path):
+    model = toy_model()
+    schedule = gradual.make_schedule("polynomial", 0.8, gradual.PruningWindow(0, 20, 5))
+    pruned = kprune.prune(model, schedule, budget="erk")
+    targets = [w.schedule.final_sparsity for w in pruning_wrappers(pruned)]
+    pruned.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert [w.schedule for w in pruning_wrappers(loaded)] == [
+        w.schedule for w in pruning_wrappers(pruned)
+    ]
+    assert targets[0] > 0.8 > targets[1]  # the wide hidden kernel gives up more
+    with pytest.raises(ValueError, match="contradicts"):
+        kprune.prune(model, schedule, budget="global", scope="layer")

@@ -145,7 +145,11 @@ BAD_INPUTS = [
     (["--flagfile=/nonexistent/x.flags"], "x.flags"),
     (["--method=lth", "--rewind_step=100000"], "--rewind_step must be below"),
     (["--method=lth", "--scope=layer"], "--scope=layer does not apply to --method=lth"),
-    (["--method=linear", "--scope=erk"], "--scope=erk does not apply to --method=linear"),
+    # --scope and --budget are one choice under two names (issue 14): they must agree.
+    (["--method=linear", "--scope=layer", "--budget=erk"], "--budget=erk contradicts --scope"),
+    (["--method=snip", "--scope=global", "--budget=uniform"], "contradicts --scope=global"),
+    (["--method=lth", "--budget=uniform"], "--scope=layer does not apply to --method=lth"),
+    (["--budget=sensitivity"], "--budget"),
     (["--method=fggp", "--fggp_candidate_rate=0"], "--fggp_candidate_rate must be in (0, 1]"),
     (["--method=grasp", "--grasp_temperature=0"], "--grasp_temperature must be > 0"),
     (["--export_quantize=int8"], "--export_quantize needs --export"),

@@ -20,10 +20,13 @@ import dataclasses
 from absl import flags
 
 from kprune._internal.validate import in_interval, interval_text
+from kprune.allocation import BUDGETS as BUDGET_NAMES
 
 __all__ = [
+    "BUDGET_NAMES",
     "FLAG_NAMES",
     "METHOD_NAMES",
+    "MODEL_LEARNING_RATES",
     "STRATEGY_NAMES",
     "RunFlags",
     "UsageError",
@@ -39,6 +42,14 @@ METHOD_NAMES = (
     "lth",
 )  # fmt: skip
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+# Base learning rates of models that do not train at the --lr default (SGD, momentum 0.9).
+# LeNet-5-Caffe has no activation after its two convolutions, so the dense network is close to
+# a product of linear maps and its gradient norm grows geometrically at lr 0.05 or 0.1 (every
+# initialization, input scaling, batch size tried; docs/ramp_study.md section 5, 3 of 3 seeds);
+# on mnist_dev, batch 100, 10 epochs: 0.03 diverges in 1 of 3 seeds, 0.02 trains 6 of 6 (batch
+# 32 and 100), 0.01 trains 3 of 3 (docs/ramp_study.md, "Defaults that train"). 0.01 keeps a
+# margin: standardized inputs (tfds MNIST) lower the stability limit further.
+MODEL_LEARNING_RATES = {"lenet5_caffe": 0.01}
 
 
 class UsageError(ValueError):
@@ -124,8 +135,17 @@ class RunFlags:
     scope: str = _flag(
         "enum", "global",
         "global: one threshold over all pruned weights; layer: every weight tensor is pruned to "
-        "the target; erk: Erdos-Renyi-Kernel budgets per tensor (snip, grasp, synflow, random).",
+        "the target; erk: Erdos-Renyi-Kernel budgets per tensor. The same choice as --budget "
+        "(global, uniform = layer, erk); give either, or both when they agree.",
         choices=("global", "layer", "erk"),
+    )  # fmt: skip
+    budget: str | None = _flag(
+        "enum", None,
+        "Per-tensor budget: global (one magnitude threshold, --scope=global), uniform (the "
+        "target in every tensor, --scope=layer) or erk (Erdos-Renyi-Kernel targets per tensor; "
+        "gradual methods ramp every tensor on the schedule scaled to its own target). Default: "
+        "--scope if given, else erk for linear, polynomial and cyclical, global for the others.",
+        choices=BUDGET_NAMES,
     )  # fmt: skip
     # Schedule (fractions of the whole training, or steps).
     prune_begin: float = _flag(
@@ -217,13 +237,17 @@ class RunFlags:
     momentum: float = _flag("float", 0.9, "SGD momentum, in [0, 1).", **_FRACTION)
     nesterov: bool = _flag("bool", True, "Nesterov momentum (SGD).")
     lr: float = _flag(
-        "float", 0.05, "Base learning rate (after warm-up), > 0.", lower=0.0, lower_open=True
-    )
+        "float", 0.05,
+        "Base learning rate (after warm-up), > 0. Not given: 0.05, or the model's own default "
+        "(MODEL_LEARNING_RATES: 0.01 for lenet5_caffe, which diverges dense at 0.05).",
+        lower=0.0, lower_open=True,
+    )  # fmt: skip
     lr_schedule: str = _flag(
-        "enum", "cosine",
+        "enum", "hold_cosine",
         "constant; step: times --lr_decay_factor at each of --lr_decay_epochs; cosine: to 0 at "
-        "the end.",
-        choices=("constant", "step", "cosine"),
+        "the end; hold_cosine: the base rate until the pruning window ends (--prune_end), then "
+        "cosine to 0 (plain cosine for methods that do not prune during training).",
+        choices=("constant", "step", "cosine", "hold_cosine"),
     )  # fmt: skip
     lr_decay_epochs: tuple = _flag(
         "list", (), "Epochs (may be fractional) where step decay applies, e.g. 80,120.",

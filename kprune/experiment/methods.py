@@ -24,6 +24,13 @@ from kprune.api import sparsity_report, strip
 from kprune.criteria import FGGP
 from kprune.distribute import ReplicaMaskCheck
 from kprune.experiment.config import UsageError, check_bounds
+from kprune.experiment.plan import (
+    budget_lines,
+    late_pruning_warning,
+    lr_lines,
+    pruning_window_of,
+    training_of,
+)
 from kprune.experiment.run_config import RunConfig, lth_rounds
 from kprune.workflows.at_init import (
     class_balanced_sample,
@@ -31,11 +38,10 @@ from kprune.workflows.at_init import (
     saliency_batches,
     train_at_init,
 )
-from kprune.workflows.gradual import make_schedule, pruning_window, train_gradual, update_steps
+from kprune.workflows.gradual import make_schedule, train_gradual, update_steps
 from kprune.workflows.lottery import FINAL_MODEL, run_lottery
 from kprune.workflows.training import (
     apply_weight_decay,
-    make_learning_rate,
     make_loss,
     make_optimizer,
 )
@@ -96,25 +102,11 @@ class Method:
     summary: str
 
 
-def _pruning_window(ctx):
-    """The schedule window from the --prune_* flags (fractions of training, or steps)."""
-    f = ctx.config.flags
-    return pruning_window(
-        ctx.total_steps,
-        begin=f["prune_begin"],
-        end=f["prune_end"],
-        frequency=f["prune_frequency"],
-        begin_step=f["prune_begin_step"],
-        end_step=f["prune_end_step"],
-        frequency_steps=f["prune_frequency_steps"],
-    )
-
-
 def _gradual_schedule(ctx):
     config, f = ctx.config, ctx.config.flags
     if config.method == "dense":
         return None
-    window = _pruning_window(ctx)
+    window = pruning_window_of(ctx)
     return make_schedule(
         config.method,
         config.target_sparsity,
@@ -135,26 +127,8 @@ def _check_scope(ctx, allowed):
         )
 
 
-def _late_pruning_warning(ctx, updates):
-    """A warning line if mask updates fall where the learning rate is under 10% of its base.
-
-    Weights pruned that late have little learning rate left to recover with; on the bundled
-    digits, LeNet-300-100 pruned to 98% until after two 10x cuts lost 10-20 points of accuracy.
-    """
-    schedule = make_learning_rate(ctx.config.training, ctx.steps_per_epoch)
-    base = ctx.config.training.learning_rate
-    late = [step for step, _ in updates if float(schedule(step)) < 0.1 * base]
-    if not late:
-        return []
-    return [
-        f"warning   {len(late)} of {len(updates)} mask updates come after the learning rate has "
-        f"fallen below 10% of its base value (from step {late[0]}); networks pruned that late "
-        "often fail to recover. End pruning earlier (--prune_end) unless that is intended."
-    ]
-
-
 def _plan_gradual(ctx):
-    _check_scope(ctx, ("global", "layer"))
+    _check_scope(ctx, ("global", "layer", "erk"))
     schedule = _gradual_schedule(ctx)
     if schedule is None:
         return ["pruning   none (dense baseline)"]
@@ -166,9 +140,11 @@ def _plan_gradual(ctx):
         shown += f", {updates[-1][0]}:{updates[-1][1]:.3f}"
     return [
         f"schedule  {schedule!r}",
-        f"pruning   {ctx.config.scope} scope, steps {schedule.begin_step}..{schedule.end_step} "
+        f"pruning   {ctx.config.budget} budget, steps {schedule.begin_step}..{schedule.end_step} "
         f"of {ctx.total_steps}: {len(updates)} mask updates (step:target {shown})",
-        *_late_pruning_warning(ctx, updates),
+        *budget_lines(ctx, schedule),
+        *lr_lines(ctx),
+        *late_pruning_warning(ctx, updates),
     ]
 
 
@@ -178,8 +154,8 @@ def _run_gradual(ctx):
         ctx.model,
         ctx.data,
         schedule,
-        ctx.config.training,
-        scope=ctx.config.scope,
+        training_of(ctx),
+        budget=ctx.config.budget,
         exclude=ctx.config.exclude if schedule is not None else (),
         run_dir=ctx.run_dir,
         verbose=ctx.config.verbose,
@@ -189,7 +165,7 @@ def _run_gradual(ctx):
 # -- FGGP: gradient-first, magnitude-next, on the cubic (polynomial) schedule --------------------
 def _fggp_parts(ctx):
     f = ctx.config.flags
-    window = _pruning_window(ctx)
+    window = pruning_window_of(ctx)
     schedule = make_schedule(
         "polynomial",
         ctx.config.target_sparsity,
@@ -203,7 +179,7 @@ def _fggp_parts(ctx):
 
 
 def _plan_fggp(ctx):
-    _check_scope(ctx, ("global", "layer"))
+    _check_scope(ctx, ("global", "layer", "erk"))
     schedule, criterion = _fggp_parts(ctx)
     updates = update_steps(schedule, ctx.total_steps)
     start = (
@@ -217,7 +193,7 @@ def _plan_fggp(ctx):
         f"{criterion.candidate_rate:g} of active weights with the smallest |gradient| "
         f"({criterion.gradient}), then the smallest |w| among them; {len(updates)} mask updates "
         f"in steps {schedule.begin_step}..{schedule.end_step}; start {start}",
-        *_late_pruning_warning(ctx, updates),
+        *late_pruning_warning(ctx, updates),
     ]
 
 
@@ -237,8 +213,8 @@ def _run_fggp(ctx):
         ctx.model,
         ctx.data,
         schedule,
-        ctx.config.training,
-        scope=ctx.config.scope,
+        training_of(ctx),
+        budget=ctx.config.budget,
         exclude=ctx.config.exclude,
         run_dir=ctx.run_dir,
         verbose=ctx.config.verbose,

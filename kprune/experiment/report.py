@@ -13,6 +13,9 @@ import numpy as np
 from kprune.distribute import cluster_task
 from kprune.experiment.methods import METHODS
 
+# Methods that prune during training: their per-tensor choice is the budget (--budget).
+_BUDGETED = ("linear", "polynomial", "cyclical", "fggp")
+
 __all__ = ["distribution_lines", "plan_lines", "summary_paragraph"]
 
 
@@ -111,7 +114,8 @@ def summary_paragraph(config, results, run_dir):
         "without pruning"
         if config.method == "dense"
         else f"with {config.method} pruning to {config.target_sparsity:.2%} sparsity "
-        f"({config.scope} scope)"
+        f"({config.budget if config.method in _BUDGETED else config.scope} "
+        f"{'budget' if config.method in _BUDGETED else 'scope'})"
     )
     return (
         f"Trained {config.model} on {config.dataset} {what} for {config.training.epochs} epochs "

@@ -14,10 +14,18 @@ import pathlib
 
 from absl import flags
 
-from kprune.experiment.config import FLAG_NAMES, UsageError, check_bounds, flag_spec, float_list
+from kprune.allocation import BUDGET_SCOPES
+from kprune.experiment.config import (
+    FLAG_NAMES,
+    MODEL_LEARNING_RATES,
+    UsageError,
+    check_bounds,
+    flag_spec,
+    float_list,
+)
 from kprune.workflows.training import TrainConfig
 
-__all__ = ["RunConfig", "config_from_flags", "lth_rounds"]
+__all__ = ["ERK_BY_DEFAULT", "RunConfig", "config_from_flags", "lth_rounds", "resolve_budget_flags"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +70,7 @@ class RunConfig:
     verbose: int
     flags: dict
     flag_lines: dict
+    budget: str = "global"
 
     @property
     def run_name(self):
@@ -108,6 +117,41 @@ def _target_sparsity(values):
     return values.target_sparsity
 
 
+# Methods whose default budget is ERK: measured on mnist_dev at 98% (docs/ramp_study.md), the
+# global threshold starves LeNet-300-100's first layer. FGGP pools globally as published.
+ERK_BY_DEFAULT = ("dense", "linear", "polynomial", "cyclical")
+
+
+def resolve_budget_flags(values):
+    """`(budget, scope)` from --budget and --scope: one choice under two names.
+
+    --budget wins, --scope given alone maps to its budget, neither gives the method's default
+    (erk for `ERK_BY_DEFAULT`, else global). Both given and different: UsageError.
+
+    Example:
+
+    >>> from kprune.experiment.config import define_flags
+    >>> values = flags.FlagValues()
+    >>> define_flags(values)
+    >>> _ = values(["kprune.train", "--scope=layer"])
+    >>> resolve_budget_flags(values)
+    ('uniform', 'layer')
+    """
+    scopes = {scope: budget for budget, scope in BUDGET_SCOPES.items()}
+    budget = values.budget
+    if budget is not None and values["scope"].present and BUDGET_SCOPES[budget] != values.scope:
+        raise UsageError(
+            f"--budget={budget} contradicts --scope={values.scope} (--budget={budget} is "
+            f"--scope={BUDGET_SCOPES[budget]}); give one of them."
+        )
+    if budget is None:
+        if values["scope"].present:
+            budget = scopes[values.scope]
+        else:
+            budget = "erk" if values.method in ERK_BY_DEFAULT else "global"
+    return budget, BUDGET_SCOPES[budget]
+
+
 def config_from_flags(values=flags.FLAGS):
     """Turns parsed flags into a `RunConfig`, checking what absl's bounds cannot.
 
@@ -124,11 +168,13 @@ def config_from_flags(values=flags.FLAGS):
     >>> round(config_from_flags(values).target_sparsity, 3)  # 1 - 0.8**3
     0.488
     """
+    # --lr not given: the model's own default rate, if it has one.
+    lr = values.lr if values["lr"].present else MODEL_LEARNING_RATES.get(values.model, values.lr)
     try:
         training = TrainConfig(
             epochs=values.epochs,
             optimizer=values.optimizer,
-            learning_rate=values.lr,
+            learning_rate=lr,
             momentum=values.momentum,
             nesterov=values.nesterov,
             lr_schedule=values.lr_schedule,
@@ -141,9 +187,15 @@ def config_from_flags(values=flags.FLAGS):
         )
     except ValueError as err:
         raise UsageError(f"training flags: {err}") from err
+    budget, scope = resolve_budget_flags(values)
+    resolved = {name: values[name].value for name in FLAG_NAMES}
+    resolved.update(budget=budget, scope=scope, lr=lr)
     lines = {}
     for name in FLAG_NAMES:
         line = "" if flag_spec(name).metadata["volatile"] else values[name].serialize()
+        if name in ("budget", "scope", "lr"):
+            # The resolved pair, so run.flags reused as a --flagfile means the same run.
+            line = f"--{name}={resolved[name]}"
         if line:
             lines[name] = line
     return RunConfig(
@@ -155,7 +207,7 @@ def config_from_flags(values=flags.FLAGS):
         method=values.method,
         target_sparsity=_target_sparsity(values),
         initial_sparsity=values.initial_sparsity,
-        scope=values.scope,
+        scope=scope,
         batch_size=values.batch_size,
         seed=values.seed,
         mixed_precision=values.mixed_precision,
@@ -168,6 +220,7 @@ def config_from_flags(values=flags.FLAGS):
         export_quantize=values.export_quantize,
         dry_run=values.dry_run,
         verbose={"bar": 1, "epoch": 2, "none": 0}[values.progress],
-        flags={name: values[name].value for name in FLAG_NAMES},
+        flags=resolved,
         flag_lines=lines,
+        budget=budget,
     )

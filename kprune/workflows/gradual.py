@@ -31,6 +31,7 @@ import dataclasses
 import tensorflow as tf
 
 from kprune._internal.validate import check_choice, check_integer, check_number
+from kprune.allocation import BUDGET_SCOPES, resolve_budget
 from kprune.api import prune, set_masks, sparsity_report, strip
 from kprune.criteria import get_criterion
 from kprune.schedules import CyclicalSparsity, LinearSparsity, PolynomialDecay
@@ -227,6 +228,7 @@ def train_gradual(
     verbose=1,
     criterion="magnitude",
     initial_masks=None,
+    budget=None,
 ):
     """Prunes `model` along `schedule` while training it once; returns it stripped.
 
@@ -235,8 +237,11 @@ def train_gradual(
         data: a `kprune.data.Dataset`.
         schedule: a `kprune.PruningSchedule` (e.g. from `make_schedule`), or None to train
             dense.
-        training: a `kprune.workflows.training.TrainConfig`.
+        training: a `kprune.workflows.training.TrainConfig`. With `lr_schedule="hold_cosine"`
+            and no `lr_hold_end_step`, the rate is held until the schedule's last update.
         scope: "global" (one magnitude threshold over all pruned tensors) or "layer".
+        budget: "global", "uniform" or "erk" (`kprune.allocation.BUDGETS`), instead of `scope`
+            (see `kprune.prune`); None: from `scope`.
         exclude: names of layers to keep dense.
         run_dir: optional directory for logs and checkpoints (see `fit_and_evaluate`).
         callbacks: extra Keras callbacks.
@@ -251,8 +256,9 @@ def train_gradual(
     Returns:
         `(stripped_model, results)`: a plain Keras model with the zeros baked in, and a dict
         with the entries of `fit_and_evaluate` plus `schedule` (its config, or None),
-        `scope`, `exclude`, `sparsity` (`kprune.sparsity_report` of the pruned model: per
-        tensor rows with `wrapped`, and totals).
+        `scope`, `budget` (None for dense), `lr_hold_end_step`, `exclude`, `sparsity`
+        (`kprune.sparsity_report` of the pruned model: per tensor rows with `wrapped`, and
+        totals).
 
     Example:
 
@@ -266,6 +272,16 @@ def train_gradual(
     ...     training.TrainConfig(epochs=5), verbose=0)  # doctest: +SKIP
     """
     exclude = tuple(exclude or ())
+    budget = resolve_budget(budget, scope)
+    scope = BUDGET_SCOPES[budget]
+    if (
+        schedule is not None
+        and training.lr_schedule == "hold_cosine"
+        and training.lr_hold_end_step is None
+    ):
+        # The rate couples to the window: held while the masks change, cosine afterwards.
+        hold = min(schedule.last_update_step, training.epochs * data.steps_per_epoch - 1)
+        training = dataclasses.replace(training, lr_hold_end_step=hold)
     if schedule is None:
         if exclude:
             raise ValueError(f"`exclude` only applies to pruning methods. Received: {exclude}")
@@ -274,7 +290,7 @@ def train_gradual(
         # The pruned copy (wrappers, masks) lives under the strategy the model was built under.
         with model.distribute_strategy.scope():
             trained = prune(
-                model, schedule, scope=scope, exclude=list(exclude), criterion=criterion
+                model, schedule, exclude=list(exclude), criterion=criterion, budget=budget
             )
             if initial_masks:
                 set_masks(trained, initial_masks)
@@ -285,6 +301,8 @@ def train_gradual(
         None if schedule is None else {"class": type(schedule).__name__, **schedule.get_config()}
     )
     results["scope"] = None if schedule is None else scope
+    results["budget"] = None if schedule is None else budget
+    results["lr_hold_end_step"] = training.lr_hold_end_step
     if schedule is not None:
         chosen = get_criterion(criterion)
         results["criterion"] = {"class": type(chosen).__name__, **chosen.get_config()}

@@ -11,6 +11,12 @@ Conventions taken from the reference implementations (PyTorch):
 * Step decay multiplies the learning rate by `lr_decay_factor` from the *start* of each listed
   epoch (PyTorch's MultiStepLR); warm-up rises linearly over `lr_warmup_epochs`; cosine decays
   to 0 at the last step.
+* `hold_cosine` couples the rate to the pruning window: the base rate (after any warm-up) is
+  held until the window's end step (`TrainConfig.lr_hold_end_step`, which
+  `kprune.workflows.gradual.train_gradual` fills in from its schedule), then decays on a cosine
+  to 0 at the last step. A linear ramp removes most of the surviving weights in its last
+  updates; on mnist_dev at 98% (docs/ramp_study.md) a cosine that is already at 15% of its
+  base there leaves too little rate to recover. Without a window end it is the plain cosine.
 
 Example:
 
@@ -42,7 +48,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "step", "cosine")
+LR_SCHEDULES = ("constant", "step", "cosine", "hold_cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +61,9 @@ class TrainConfig:
         learning_rate: the base (peak) learning rate, > 0.
         momentum: SGD momentum in [0, 1).
         nesterov: Nesterov momentum for SGD.
-        lr_schedule: "constant", "step" (times `lr_decay_factor` at each of `lr_decay_epochs`)
-            or "cosine" (to 0 at the end).
+        lr_schedule: "constant", "step" (times `lr_decay_factor` at each of `lr_decay_epochs`),
+            "cosine" (to 0 at the end) or "hold_cosine" (the base rate until
+            `lr_hold_end_step`, then cosine to 0 at the end).
         lr_decay_epochs: epochs (may be fractional) where step decay applies, increasing.
         lr_decay_factor: multiplier of each step decay, in (0, 1].
         lr_warmup_epochs: linear warm-up length in epochs, >= 0.
@@ -64,6 +71,9 @@ class TrainConfig:
         label_smoothing: in [0, 1).
         eval_every_epoch: evaluate on the test split after every epoch (TensorBoard curves and
             `best_test_accuracy`); the final evaluation always runs.
+        lr_hold_end_step: "hold_cosine" only: the optimizer step until which the base rate is
+            held (the pruning window's end step); None holds nothing (plain cosine).
+            `train_gradual` sets it from its schedule when it is None.
 
     Example:
 
@@ -83,6 +93,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     eval_every_epoch: bool = True
+    lr_hold_end_step: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "epochs", check_integer("epochs", self.epochs, 1))
@@ -107,6 +118,9 @@ class TrainConfig:
         if self.lr_schedule == "step" and not decay:
             raise ValueError("lr_schedule='step' needs `lr_decay_epochs`, e.g. (80, 120).")
         object.__setattr__(self, "lr_decay_epochs", decay)
+        if self.lr_hold_end_step is not None:
+            hold = check_integer("lr_hold_end_step", self.lr_hold_end_step, 0)
+            object.__setattr__(self, "lr_hold_end_step", hold)
 
 
 @keras.saving.register_keras_serializable(package="kprune")
@@ -116,21 +130,34 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     Args:
         base_lr: the learning rate after warm-up, > 0.
         total_steps: length of training in steps (the cosine reaches 0 at the last step).
-        kind: "constant", "step" or "cosine".
+        kind: "constant", "step", "cosine" or "hold_cosine" (`base_lr` until `hold_steps`,
+            then cosine from there to 0 at the last step).
         boundaries: steps from which the rate is multiplied by `factor` once more ("step").
         factor: multiplier per boundary.
         warmup_steps: the rate rises linearly from `base_lr / warmup_steps` to `base_lr` over
             the first `warmup_steps` steps.
+        hold_steps: "hold_cosine": the step where the cosine starts (the pruning window's
+            end); the rate is `base_lr` (after warm-up) until then. At most `total_steps - 1`.
 
     Example:
 
     >>> lr = WarmupDecay(0.1, 100, kind="step", boundaries=(50, 75))
     >>> [round(float(lr(s)), 4) for s in (0, 49, 50, 75)]
     [0.1, 0.1, 0.01, 0.001]
+    >>> lr = WarmupDecay(0.1, 101, kind="hold_cosine", hold_steps=50)
+    >>> [round(float(lr(s)), 4) for s in (0, 50, 75, 100)]
+    [0.1, 0.1, 0.05, 0.0]
     """
 
     def __init__(
-        self, base_lr, total_steps, kind="constant", boundaries=(), factor=0.1, warmup_steps=0
+        self,
+        base_lr,
+        total_steps,
+        kind="constant",
+        boundaries=(),
+        factor=0.1,
+        warmup_steps=0,
+        hold_steps=0,
     ):
         self.kind = check_choice("kind", kind, LR_SCHEDULES)
         self.base_lr = float(check_number("base_lr", base_lr, 0.0, low_open=True))
@@ -138,6 +165,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.boundaries = tuple(int(b) for b in boundaries)
         self.factor = float(factor)
         self.warmup_steps = int(check_number("warmup_steps", warmup_steps, 0))
+        self.hold_steps = int(check_number("hold_steps", hold_steps, 0, self.total_steps - 1))
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
@@ -145,9 +173,13 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         if self.kind == "step":
             for boundary in self.boundaries:
                 lr = ops.where(step >= boundary, lr * self.factor, lr)
-        elif self.kind == "cosine":
-            span = max(self.total_steps - 1 - self.warmup_steps, 1)
-            progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+        elif self.kind in ("cosine", "hold_cosine"):
+            # The cosine starts after the warm-up, or (hold_cosine) at the hold end if later.
+            start = self.warmup_steps
+            if self.kind == "hold_cosine":
+                start = max(start, self.hold_steps)
+            span = max(self.total_steps - 1 - start, 1)
+            progress = ops.clip((step - start) / span, 0.0, 1.0)
             lr = lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
         if self.warmup_steps:
             ramp = ops.minimum((step + 1.0) / self.warmup_steps, 1.0)
@@ -162,6 +194,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             "boundaries": list(self.boundaries),
             "factor": self.factor,
             "warmup_steps": self.warmup_steps,
+            "hold_steps": self.hold_steps,
         }
 
 
@@ -220,8 +253,20 @@ def make_learning_rate(config, steps_per_epoch):
     >>> lr = make_learning_rate(TrainConfig(lr_schedule="constant", learning_rate=0.1), 10)
     >>> round(float(lr(5)), 6)
     0.1
+    >>> config = TrainConfig(epochs=2, lr_schedule="hold_cosine", lr_hold_end_step=15)
+    >>> make_learning_rate(config, 10).hold_steps
+    15
     """
     steps_per_epoch = int(check_number("steps_per_epoch", steps_per_epoch, 1))
+    total = config.epochs * steps_per_epoch
+    hold = 0
+    if config.lr_schedule == "hold_cosine" and config.lr_hold_end_step is not None:
+        if config.lr_hold_end_step > total - 1:
+            raise ValueError(
+                f"`lr_hold_end_step`={config.lr_hold_end_step} lies beyond training: the last "
+                f"step is {total - 1} ({config.epochs} epochs of {steps_per_epoch} steps)."
+            )
+        hold = config.lr_hold_end_step
     return WarmupDecay(
         config.learning_rate,
         total_steps=config.epochs * steps_per_epoch,
@@ -229,6 +274,7 @@ def make_learning_rate(config, steps_per_epoch):
         boundaries=[round(e * steps_per_epoch) for e in config.lr_decay_epochs],
         factor=config.lr_decay_factor,
         warmup_steps=round(config.lr_warmup_epochs * steps_per_epoch),
+        hold_steps=hold,
     )
 
 
