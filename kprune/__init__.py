@@ -26,6 +26,7 @@ from kprune.schedules import (
     PolynomialDecay,
     PruningSchedule,
 )
+from kprune.structured.shrink import shrink
 from kprune.workflows.at_init import masks_at_init, prune_at_init
 from kprune.workflows.lottery import run_lottery
 from kprune.wrapper import PruningWrapper
@@ -48,6 +49,7 @@ __all__ = [
     "prune_at_init",
     "run_lottery",
     "set_masks",
+    "shrink",
     "sparsity_report",
     "strip",
 ]

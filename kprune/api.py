@@ -38,8 +38,18 @@ from kprune.masks import (
 )
 from kprune.reporting import format_sparsity_report, left_dense, sparsity_report
 from kprune.schedules import PruningSchedule
+from kprune.structured.engine import (
+    CHANNEL_CRITERIA,
+    CHANNEL_TARGETS,
+    ChannelImportance,
+    channel_weight_names,
+    macs_schedule,
+)
+from kprune.structured.graph import trace_channels
 from kprune.targets import check_supported, is_prunable
 from kprune.wrapper import PruningWrapper
+
+GRANULARITIES = ("weight", "channel")
 
 __all__ = [
     "prune",
@@ -105,7 +115,17 @@ def _layers_to_wrap(model, exclude, what):
     return to_wrap
 
 
-def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude", budget=None):
+def prune(
+    model,
+    schedule,
+    *,
+    scope=None,
+    exclude=None,
+    criterion="magnitude",
+    budget=None,
+    granularity="weight",
+    target="channels",
+):
     """Returns a copy of `model` whose prunable layers are wrapped in `PruningWrapper`.
 
     The copy has the same architecture and weights (nested models are cloned too); it is not
@@ -117,9 +137,10 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
             created.
         schedule: a `kprune.PruningSchedule`, e.g. `LinearSparsity(0.0, 0.9, 0, 10_000)`, or
             None for masks that training never changes (set them with `kprune.set_masks`).
-        scope: `"global"` (the default: one threshold over all pruned tensors, so each layer
-            gets the sparsity its weights call for) or `"layer"` (each weight tensor reaches
-            the target sparsity on its own).
+        scope: `"global"` (the default for weights: one threshold over all pruned tensors,
+            so each layer gets the sparsity its weights call for) or `"layer"` (each weight
+            tensor reaches the target sparsity on its own; at channel granularity, the
+            default: each channel group loses the target fraction of its channels).
         exclude: names of layers to leave dense (a string or an iterable of strings).
         criterion: which weights the schedule's updates remove: `"magnitude"` (smallest |w|,
             the default), `"fggp"` (gradient-first, magnitude-next), or a
@@ -127,6 +148,14 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
         budget: per-tensor budget instead of `scope` (`kprune.allocation.BUDGETS`): "global",
             "uniform" (= scope "layer") or "erk" (each tensor on the schedule scaled to its ERK
             target); a `scope` other than "global" must agree with it.
+        granularity: `"weight"` (single weights, the default) or `"channel"` (whole output
+            channels with every slice coupled to them, traced through the graph by
+            `kprune.structured.graph`; the schedule is then the fraction of channels removed,
+            `criterion` one of `kprune.structured.engine.CHANNEL_CRITERIA`, "l1" by default;
+            `kprune.shrink()` then builds the smaller model).
+        target: at channel granularity, what the schedule's sparsity measures: `"channels"`
+            (the fraction of channels removed) or `"macs"` (the fraction of the MACs
+            removed; every group loses the channel fraction that gives it).
 
     Returns:
         A new `keras.Model`.
@@ -153,6 +182,15 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
             f"begin_step=0, end_step=1000), or None for fixed masks. Received: "
             f"schedule={schedule!r}"
         )
+    check_choice("granularity", granularity, GRANULARITIES)
+    if granularity == "channel":
+        return _prune_channels(model, schedule, scope, exclude, criterion, budget, target)
+    if target != "channels":
+        raise ValueError(
+            f"target={target!r} applies to granularity='channel' only; weight pruning's "
+            "schedule is always the fraction of weights removed."
+        )
+    scope = "global" if scope is None else scope
     if budget is None:
         check_choice("scope", scope, SCOPES)
     budget = resolve_budget(budget, scope)
@@ -184,6 +222,69 @@ def prune(model, schedule, *, scope="global", exclude=None, criterion="magnitude
             layer_schedule, layer_scope = plan[id(layer)]
             wrapper = PruningWrapper(
                 new_layer, schedule=layer_schedule, scope=layer_scope, criterion=criterion
+            )
+            return wrapper, lambda: new_layer.set_weights(layer.get_weights())
+        return new_layer, lambda: new_layer.set_weights(layer.get_weights())
+
+    return clone(model, make_layer, compiled=False)
+
+
+def _prune_channels(model, schedule, scope, exclude, criterion, budget, target):
+    """`prune(..., granularity="channel")`: wrap every layer on a prunable channel path."""
+    _layers_to_wrap(model, exclude, "prune")  # the same checks of model and `exclude`
+    if budget is not None:
+        raise ValueError(
+            f"budget={budget!r} applies to weight pruning; at granularity='channel' use "
+            "scope='layer' (every channel group loses the same fraction) or scope='global'."
+        )
+    scope = "layer" if scope is None else check_choice("scope", scope, SCOPES)
+    check_choice("target", target, CHANNEL_TARGETS)
+    if isinstance(criterion, str) or criterion is None:
+        criterion = ChannelImportance(criterion or "l1")
+    elif not isinstance(criterion, ChannelImportance):
+        raise ValueError(
+            f"At granularity='channel' the criterion is one of {list(CHANNEL_CRITERIA)}. "
+            f"Received: criterion={criterion!r}"
+        )
+    if schedule is not None and schedule.allows_regrowth:
+        raise ValueError(
+            "Channel pruning is monotone (removed channels do not return), so it cannot follow "
+            f"{schedule!r}, which lets weights regrow. Use LinearSparsity, PolynomialDecay or "
+            "ConstantSparsity."
+        )
+    trace = trace_channels(model, exclude)
+    if trace.num_classes == 0:
+        blocked = [f"{b.layer} ({b.type}: {b.reason})" for b in trace.blocked]
+        raise ValueError(
+            f"Model '{model.name}' has no channel that can be removed: every channel reaches "
+            "the model's inputs or outputs, an excluded layer, or a layer the channel tracer "
+            f"cannot follow{': ' + ', '.join(blocked) if blocked else ''}. Use "
+            "granularity='weight' for this model."
+        )
+    if trace.blocked:
+        warnings.warn(
+            f"Channel pruning leaves the channels that reach {len(trace.blocked)} layer(s) of "
+            f"model '{model.name}' dense, because the tracer cannot follow them: "
+            + "; ".join(f"{b.layer} ({b.type}: {b.reason})" for b in trace.blocked),
+            UserWarning,
+            stacklevel=3,
+        )
+    if schedule is not None and target == "macs":
+        schedule = macs_schedule(trace, schedule)
+    wrap = {id(layer): channel_weight_names(trace, layer) for layer in trace.layers()}
+
+    def make_layer(layer):
+        new_layer = fresh_copy(layer)
+        if wrap.get(id(layer)):
+            build_config = layer.get_build_config()
+            if build_config and not new_layer.built:
+                new_layer.build_from_config(build_config)
+            wrapper = PruningWrapper(
+                new_layer,
+                schedule=schedule,
+                scope=scope,
+                criterion=criterion,
+                channel_weights=wrap[id(layer)],
             )
             return wrapper, lambda: new_layer.set_weights(layer.get_weights())
         return new_layer, lambda: new_layer.set_weights(layer.get_weights())

@@ -21,6 +21,8 @@ import numpy as np
 
 from kprune._internal.walk import check_model, walk, weight_key
 from kprune.pruning_group import PruningGroup
+from kprune.structured.engine import ChannelPruningGroup
+from kprune.structured.graph import trace_channels
 from kprune.targets import is_container
 from kprune.wrapper import PruningWrapper
 
@@ -166,7 +168,12 @@ def bind_optimizer(model, optimizer):
             f"{sorted(map(repr, global_criteria))}"
         )
     groups, by_key = [], {}
+    channel = [w for w in scheduled if w.channel_weights is not None]
+    if channel:
+        groups.append(_bind_channel_group(model, optimizer, channel))
     for wrapper in scheduled:
+        if wrapper.channel_weights is not None:
+            continue
         key = (wrapper.scope, wrapper.schedule, wrapper.criterion)
         by_key.setdefault(key, []).append(wrapper)
     for (scope, schedule, _), members in by_key.items():
@@ -178,6 +185,32 @@ def bind_optimizer(model, optimizer):
             member._group = group
         groups.append(group)
     return groups
+
+
+def _bind_channel_group(model, optimizer, wrappers):
+    """One `ChannelPruningGroup` for all channel-granularity wrappers, from a trace of `model`."""
+    kinds = {(w.schedule, w.scope, w.criterion) for w in wrappers}
+    if len(kinds) > 1:
+        raise ValueError(
+            "All channel-granularity PruningWrappers of a model are pruned together and must "
+            f"share one schedule, scope and criterion; found {len(kinds)} combinations."
+        )
+    trace = trace_channels(model)
+    traced = {id(layer) for layer in trace.traced_layers()}
+    missing = [w.name for w in wrappers if id(w.layer) not in traced]
+    if missing:
+        raise ValueError(
+            f"Channel-granularity wrappers {missing} are not on a channel path of model "
+            f"'{model.name}' (the model was changed after kprune.prune?). Prune the model again."
+        )
+    slots = [[optimizer_slots(optimizer, v) for v in w.pruned_weights] for w in wrappers]
+    first = wrappers[0]
+    group = ChannelPruningGroup(
+        wrappers, first.schedule, first.scope, optimizer.iterations, slots, trace
+    )
+    for w in wrappers:
+        w._group = group
+    return group
 
 
 def apply_masks(model):

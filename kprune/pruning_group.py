@@ -114,13 +114,11 @@ class PruningGroup:
             slots.extend(wrapper_slots)
             records.extend(wrapper.gradient_records)
         values = [exact_value(v) for v in variables]
-        new_masks = self.criterion.masks(
+        new_masks = self._new_masks(
             values,
             [exact_value(m) for m in masks],
             [exact_value(r) for r in records] if self.criterion.needs_gradients else None,
             target,
-            scope=self.scope,
-            monotone=not self.schedule.allows_regrowth,
         )
         for v, value, m, v_slots, new in zip(variables, values, masks, slots, new_masks):
             if strategy is None:
@@ -143,6 +141,17 @@ class PruningGroup:
                 else:
                     _on_every_replica(strategy, r, _assign_mask, zeros)
         return tf.constant(True)
+
+    def _new_masks(self, values, masks, records, target):
+        """The group's new masks, one per pruned variable (subclasses change the selection)."""
+        return self.criterion.masks(
+            values,
+            masks,
+            records,
+            target,
+            scope=self.scope,
+            monotone=not self.schedule.allows_regrowth,
+        )
 
 
 def _assign_mask(variable, mask):

@@ -48,6 +48,7 @@ __all__ = [
     "check_supported",
     "is_container",
     "is_prunable",
+    "layer_variable",
     "left_dense_weights",
     "prunable_weights",
 ]
@@ -204,6 +205,19 @@ def check_supported(layer):
             f"(quantization_mode={mode!r}); kprune prunes float weights. Prune the float model "
             "first and quantize after `kprune.strip()` (or export with quantize='dynamic'/'int8')."
         )
+
+
+def layer_variable(layer, attr):
+    """The variable `layer.<attr>` itself (not a property computed from it, as LoRA's kernel).
+
+    Example:
+
+    >>> dense = keras.layers.Dense(2)
+    >>> dense.build((None, 3))
+    >>> tuple(layer_variable(dense, "bias").shape)
+    (2,)
+    """
+    return _variable(layer, attr)
 
 
 def _variable(layer, attr):

@@ -41,7 +41,7 @@ from kprune.criteria import get_criterion
 from kprune.masking import SCOPES
 from kprune.pruning_group import PruningGroup, apply_mask, exact_value
 from kprune.schedules import PruningSchedule
-from kprune.targets import check_supported, is_prunable, prunable_weights
+from kprune.targets import check_supported, is_prunable, layer_variable, prunable_weights
 
 # PruningGroup, apply_mask and exact_value live in kprune.pruning_group; importable from here.
 __all__ = ["PruningWrapper", "PruningGroup", "MaskConstraint", "apply_mask", "exact_value"]
@@ -89,6 +89,11 @@ class PruningWrapper(keras.layers.Wrapper):
             `"layer"` (each variable pruned to the target on its own).
         criterion: which weights a mask update removes: `"magnitude"` (default), `"fggp"`, or
             a `kprune.criteria.Criterion` such as `kprune.FGGP(candidate_rate=0.5)`.
+        channel_weights: for channel-granularity pruning (`kprune.prune(...,
+            granularity="channel")` sets it): the names of the layer's weights to mask (e.g.
+            `["kernel", "bias"]`, `["gamma", "beta"]`), whose masks a
+            `kprune.structured.engine.ChannelPruningGroup` writes by whole channels. Any
+            layer with such weights can then be wrapped (BatchNormalization too).
         **kwargs: passed to `keras.layers.Wrapper` (e.g. `name`).
 
     Example:
@@ -103,7 +108,15 @@ class PruningWrapper(keras.layers.Wrapper):
     # Read by kprune._internal.walk and kprune.targets, which cannot import this module.
     is_pruning_wrapper = True
 
-    def __init__(self, layer, schedule=None, scope="global", criterion="magnitude", **kwargs):
+    def __init__(
+        self,
+        layer,
+        schedule=None,
+        scope="global",
+        criterion="magnitude",
+        channel_weights=None,
+        **kwargs,
+    ):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "PruningWrapper wraps a Keras 3 layer (keras.layers.Layer). "
@@ -114,7 +127,13 @@ class PruningWrapper(keras.layers.Wrapper):
                 f"Layer '{layer.name}' is already a PruningWrapper; wrapping it twice would "
                 "apply two masks. Pass the inner layer (`wrapper.layer`) instead."
             )
-        if not is_prunable(layer):
+        self.channel_weights = None if channel_weights is None else list(channel_weights)
+        if self.channel_weights is not None and not self.channel_weights:
+            raise ValueError(
+                f"`channel_weights` of the wrapper of '{layer.name}' is empty; pass None for "
+                "the layer's prunable kernels."
+            )
+        if self.channel_weights is None and not is_prunable(layer):
             raise ValueError(
                 f"Layer '{layer.name}' of type {type(layer).__name__} has no weights kprune "
                 "knows how to prune. Supported: Dense, EinsumDense, Conv1D/2D/3D, "
@@ -152,7 +171,7 @@ class PruningWrapper(keras.layers.Wrapper):
     def build(self, input_shape=None):
         super().build(input_shape)
         check_supported(self.layer)
-        weights = prunable_weights(self.layer)
+        weights = self.pruned_weights
         if not weights:
             raise ValueError(
                 f"Layer '{self.layer.name}' returned no prunable weights after build; nothing "
@@ -196,6 +215,8 @@ class PruningWrapper(keras.layers.Wrapper):
     @property
     def pruned_weights(self):
         """The inner layer's variables that this wrapper masks, in the order of `masks`."""
+        if self.channel_weights is not None:
+            return [layer_variable(self.layer, name) for name in self.channel_weights]
         return prunable_weights(self.layer)
 
     def apply_masks(self):
@@ -230,7 +251,10 @@ class PruningWrapper(keras.layers.Wrapper):
                 value = value * ops.cast(pruned[id(v)], value.dtype)
             if id(v) in records:
                 value = _record_gradient(
-                    value, records[id(v)], accumulate=self.criterion.accumulate_gradients
+                    value,
+                    records[id(v)],
+                    accumulate=self.criterion.accumulate_gradients,
+                    signed=getattr(self.criterion, "signed_gradients", False),
                 )
             mapping.append((v, value))
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
@@ -266,6 +290,8 @@ class PruningWrapper(keras.layers.Wrapper):
         )
         config["scope"] = self.scope
         config["criterion"] = keras.saving.serialize_keras_object(self.criterion)
+        if self.channel_weights is not None:
+            config["channel_weights"] = list(self.channel_weights)
         return config
 
     @classmethod
@@ -287,7 +313,7 @@ class PruningWrapper(keras.layers.Wrapper):
         return cls(layer, schedule=schedule, criterion=criterion, **config)
 
 
-def _record_gradient(value, record, accumulate):
+def _record_gradient(value, record, accumulate, signed=False):
     """Identity on `value` whose backward pass also writes |gradient| into `record`.
 
     Runs inside whatever train step takes the gradient (compiled or XLA-compiled): the write is
@@ -304,7 +330,9 @@ def _record_gradient(value, record, accumulate):
             context = tf.distribute.get_replica_context()
             if context is not None and context.num_replicas_in_sync > 1:
                 g = context.all_reduce(tf.distribute.ReduceOp.SUM, g)
-            g = tf.abs(tf.cast(g, record.dtype))
+            g = tf.cast(g, record.dtype)
+            if not signed:  # most criteria rank by |g|; Taylor needs sum(w * g)
+                g = tf.abs(g)
             if accumulate:
                 record.assign_add(g)
             else:

@@ -24,6 +24,7 @@ __all__ = [
     "MissingInternalError",
     "call_has_training_arg",
     "child_layers",
+    "graph_nodes",
     "is_legacy_keras_object",
     "no_autocast",
     "maybe_merge_call",
@@ -81,6 +82,37 @@ def child_layers(layer):
         layer, "_flatten_layers", "to find the layers nested in a model", "keras.layers.Layer"
     )
     return list(flatten(include_self=False, recursive=False))
+
+
+# Public gap: a functional model's graph (which operation consumes which tensor) is public
+# only as `model.operations`, without the edges. Channel tracing needs the nodes in
+# topological order; Keras keeps them by depth, and a Sequential model built from an Input
+# keeps its graph as a Functional.
+def graph_nodes(model):
+    """The call nodes of a Sequential or functional `model`, inputs first (topological order).
+
+    Each node has `operation`, `input_tensors` and `output_tensors` (KerasTensors) and
+    `arguments` (its call arguments). Returns None for a model without a graph (subclassed, or
+    a Sequential that was never built from an Input).
+
+    Example:
+
+    >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="fc")])
+    >>> [type(node.operation).__name__ for node in graph_nodes(m)]
+    ['InputLayer', 'Dense']
+    """
+    if isinstance(model, keras.Sequential):
+        model = getattr(model, "_functional", None)
+        if model is None:
+            return None
+    by_depth = getattr(model, "_nodes_by_depth", None)
+    if by_depth is None:
+        if isinstance(model, keras.Model) and hasattr(model, "_operations"):
+            raise _missing(
+                "`keras.Model._nodes_by_depth`", "to follow channels through a functional model"
+            )
+        return None
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
 
 
 # Public gap: whether a layer's `call()` takes `training` is known to Keras (it passes it on
