@@ -317,3 +317,13 @@ def test_mirrored_masks_identical_and_equal_to_single_device():
     # Exact counts: layer scope per kernel, global scope in total.
     assert result["layer"]["zeros"] == {"hidden/kernel": 512, "logits/kernel": 102}
     assert sum(result["global"]["zeros"].values()) == round(0.8 * (20 * 32 + 32 * 4))
+
+
+@pytest.mark.integration
+def test_mirrored_channel_masks_identical_and_equal_to_single_device():
+    r = run_json([SCRIPTS / "mirrored_pruning.py", "channel"])["channel"]
+    assert r["replicas"] == 2
+    assert r["identical_across_replicas"], r
+    assert r["equal_to_single_device"], r
+    # round(0.8 * 32) = 26 hidden channels go: their kernel columns, biases and logit rows.
+    assert r["zeros"] == {"hidden/kernel": 26 * 20, "hidden/bias": 26, "logits/kernel": 26 * 4}

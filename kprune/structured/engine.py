@@ -114,8 +114,12 @@ class ChannelImportance(Criterion):
 
 
 def channel_weight_names(trace, layer):
-    """The trainable channel weights of `layer` that channel training masks, by name."""
-    return [w for w in trace.weights_of(layer) if w in _TRAINABLE]
+    """The trainable weights of `layer` with a slice of some prunable class, by name."""
+    return [
+        w
+        for w in trace.weights_of(layer)
+        if w in _TRAINABLE and any((idx >= 0).any() for _, idx in trace.axis_maps(layer, w))
+    ]
 
 
 # -- MACs ---------------------------------------------------------------------------------------

@@ -36,7 +36,10 @@ def train(strategy, scope):
             ]
         )
         schedule = kprune.LinearSparsity(0.0, 0.8, begin_step=0, end_step=30, frequency=5)
-        model = kprune.prune(base, schedule, scope=scope)
+        if scope == "channel":  # whole channels, per channel group
+            model = kprune.prune(base, schedule, granularity="channel")
+        else:
+            model = kprune.prune(base, schedule, scope=scope)
         model.compile(
             keras.optimizers.SGD(0.05, momentum=0.9),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
