@@ -69,6 +69,12 @@ def test_readme_block_runs_as_written(name, code, tmp_path):
         assert lines[-1] == "{'total': 22200, 'nonzero': 2220, 'sparsity': 0.9}", lines[-1]
         accuracy = float(re.search(r"'accuracy': ([0-9.]+)", lines[-2]).group(1))
         assert accuracy >= 0.9, lines[-2]
+    if name == "channel":  # half the channels of each conv: about a quarter of the weights
+        dense, small = map(int, re.search(r"^(\d+) (\d+)$", out.stdout, re.M).groups())
+        assert small < dense / 3, (dense, small)
+        accuracy = float(re.search(r"'accuracy': ([0-9.]+)", out.stdout).group(1))
+        assert accuracy >= 0.8, out.stdout
+        assert (tmp_path / "small.keras").exists() and (tmp_path / "small_export").is_dir()
     if name == "custom-loop":
         assert "'sparsity': 0.79" in out.stdout, out.stdout
     if name == "distributed":  # one CPU: one replica; 16896 - round(0.9 * 16896) kept
