@@ -1,4 +1,4 @@
-"""tools/bench_structured.py: the width-reduced stand-in for shrink(), the JSON, bad input."""
+"""tools/bench_structured.py: shrunk widths and MACs of the real prune+shrink path, the JSON, bad input."""
 
 import json
 import os

@@ -53,7 +53,7 @@ DEFAULT_MODELS = ("resnet18", "vgg19", "mobilenet_v2")
 GOAL_FRACTION = 0.5
 GOALS = {"resnet18": 0.40, "vgg19": 0.35, "mobilenet_v2": 0.55}
 # What `make_shrunk` does; the lead sets this to the real thing with the swap (see there).
-SHRUNK_BY = "width-reduced architecture (same shapes shrink() will produce)"
+SHRUNK_BY = "kprune.prune(granularity='channel', L1) + kprune.shrink()"
 DENSE = "dense_fp32"  # time_variants' name for the reference variant
 
 FLAGS = flags.FlagValues()  # the script's own flags (see tools/cli.py)
@@ -162,35 +162,22 @@ def kept(width, fraction):
 
 
 def make_shrunk(model, fraction):
-    """The model with `fraction` of the output channels of every conv / hidden dense removed.
+    """`model` with `fraction` of the channels of every channel group removed, by shrink().
 
-    PLACEHOLDER until `kprune.shrink()` lands (issue 13, item 3). It rebuilds the same
-    functional graph from its config with every convolution's `filters` and every hidden Dense's
-    `units` set to `kept(width, fraction)`; the model's outputs keep their width. Coupled
-    widths (both sides of an `Add`) stay equal because equal widths shrink alike, so this is the
-    architecture a uniform per-group channel pruning + shrink() produces, with fresh random
-    weights (speed does not depend on their values). No nested models in the three networks
-    benchmarked, so none are entered.
-
-    LEAD: replace the body by the real path and update SHRUNK_BY, e.g.
-
-        pruned = kprune.prune(model, ConstantSparsity(fraction), granularity="channel")
-        <one mask update, e.g. kprune.update_masks(pruned) or a zero-step fit>
-        return kprune.shrink(pruned)
+    `kprune.prune(..., granularity="channel")` with a constant schedule, one mask update (L1
+    of the weights as they are: speed does not depend on which channels go), then
+    `kprune.shrink()`. The model's inputs and outputs keep their width; coupled layers (both
+    sides of an `Add`) lose the same channels.
     """
     import keras
+    import tensorflow as tf
 
-    config = model.get_config()
-    entries = config["output_layers"]
-    entries = [entries] if isinstance(entries[0], str) else entries  # one output: not nested
-    outputs = {entry[0] for entry in entries}
-    for layer in config["layers"]:
-        layer.pop("build_config", None)  # the old input shapes: let every layer build anew
-        key = _WIDTH_KEYS.get(layer["class_name"])
-        if key and layer["config"]["name"] not in outputs:
-            layer["config"][key] = kept(layer["config"][key], fraction)
-    keras.utils.set_random_seed(1)
-    return keras.Model.from_config(config)
+    import kprune
+
+    pruned = kprune.prune(model, kprune.ConstantSparsity(fraction), granularity="channel")
+    for group in kprune.bind_optimizer(pruned, keras.optimizers.SGD()):
+        group.update(tf.constant(fraction, tf.float64))
+    return kprune.shrink(pruned)
 
 
 def variant_name(fraction):
