@@ -1,4 +1,4 @@
-"""tools/bench_structured.py: shrunk widths and MACs of the real prune+shrink path, the JSON, bad input."""
+"""tools/bench_structured.py: widths and MACs of the real prune+shrink path, JSON, bad input."""
 
 import json
 import os
