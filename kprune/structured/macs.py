@@ -32,8 +32,8 @@ Example:
 
 >>> import keras
 >>> model = keras.Sequential(
-...     [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"), keras.layers.Flatten(),
-...      keras.layers.Dense(10, name="fc")]
+...     [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+...      keras.layers.Flatten(name="flatten"), keras.layers.Dense(10, name="fc")]
 ... )
 >>> report = count_macs(model)
 >>> [(row.name, row.macs) for row in report.rows]
