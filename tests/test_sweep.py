@@ -336,11 +336,22 @@ def test_summarize_and_cell_names():
             "test_accuracy": accuracy,
             "best_test_accuracy": accuracy + 0.01,
             "seed": seed,
+            "total_steps": 100 * (seed + 1),
+            "cell": f"snip-90-seed{seed}",
+            "model": "lenet300",
+            "dataset": "digits",
+            "epochs": 1,
         }
         for seed, accuracy in enumerate((0.90, 0.93, 0.96))
     ]
-    rows.append({**rows[0], "status": "missing", "seed": 3})
+    rows.append({**rows[0], "status": "missing", "seed": 3, "total_steps": 10_000})
     (group,) = sweep.summarize(rows)
+    # The cost column: mean steps of the finished seeds only (100, 200, 300).
+    assert group["steps_mean"] == pytest.approx(200.0)
+    from tools import sweep_report
+
+    report = sweep_report.markdown_report(rows, [group])
+    assert "| training steps | n |" in report and "| 94.00 | 200 | 3 |" in report
     assert group["n"] == 3 and group["seeds"] == [0, 1, 2]
     assert (group["min"], group["max"]) == (0.90, 0.96)
     assert group["mean"] == pytest.approx(0.93) and group["best_mean"] == pytest.approx(0.94)

@@ -54,6 +54,8 @@ def summarize(rows):
         accuracy = [r["test_accuracy"] for r in members]
         sparsity = [r["sparsity"] for r in members]
         best = [r["best_test_accuracy"] for r in members if r["best_test_accuracy"] is not None]
+        # Every training the cell ran (lth: all rounds), the cost beside the accuracy.
+        steps = [r["total_steps"] for r in members if r.get("total_steps") is not None]
         summary.append(
             {
                 "method": method,
@@ -67,6 +69,7 @@ def summarize(rows):
                 "sparsity_min": min(sparsity),
                 "sparsity_max": max(sparsity),
                 "seeds": sorted(r["seed"] for r in members),
+                "steps_mean": statistics.fmean(steps) if steps else None,
             }
         )
     summary.sort(key=lambda g: (method_rank(g["method"]), g["method"], g["target_sparsity"]))
@@ -134,14 +137,16 @@ def markdown_report(rows, summary, header_lines=()):
         lines.append("")
     lines += [
         "| method | target sparsity % | achieved sparsity % | test acc. % mean | min | max | "
-        "best-epoch acc. % mean | n |",
-        "|---|---|---|---|---|---|---|---|",
+        "best-epoch acc. % mean | training steps | n |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in summary:
         best = "—" if g["best_mean"] is None else _pct(g["best_mean"])
+        steps = "—" if g["steps_mean"] is None else f"{g['steps_mean']:,.0f}"
         lines.append(
             f"| {g['method']} | {_pct(g['target_sparsity'])} | {_pct(g['sparsity_mean'], 3)} | "
-            f"{_pct(g['mean'])} | {_pct(g['min'])} | {_pct(g['max'])} | {best} | {g['n']} |"
+            f"{_pct(g['mean'])} | {_pct(g['min'])} | {_pct(g['max'])} | {best} | {steps} | "
+            f"{g['n']} |"
         )
     diverged = [r["cell"] for r in rows if r["status"] == "diverged"]
     if diverged:
