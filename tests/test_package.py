@@ -48,7 +48,8 @@ def test_readme_has_runnable_blocks():
     assert {name for name, _ in readme_blocks()} >= {"quickstart", "custom-loop"}
 
 
-@pytest.mark.integration  # each block trains in a subprocess: ~10-20 s each
+# Each block trains in a subprocess (~10-20 s each), yet it stays in the default run: the
+# README's examples are what users copy first, so CI runs them as written.
 @pytest.mark.parametrize("name, code", readme_blocks(), ids=[n for n, _ in readme_blocks()])
 def test_readme_block_runs_as_written(name, code, tmp_path):
     script = tmp_path / f"{name}.py"
