@@ -6,9 +6,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 import kprune
 from kprune import ConstantSparsity, LinearSparsity, train
+from kprune.experiment.config import define_flags
+from kprune.experiment.run_config import config_from_flags
 from kprune.export.inspect import nm_pattern_rows
 from kprune.export.report import _nm_lines
 from kprune.granularity import Granularity, nm_pattern_holds, parse_granularity
@@ -299,26 +302,29 @@ def run_cli(*args):
     return train.cli(["kprune.train", *map(str, args)])
 
 
+@pytest.mark.integration
 def test_cli_n_of_m_short_run(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--granularity=2:4", "--epochs=1", "--progress=none", f"--model_dir={run_dir}"]
+    args = ["--granularity=2:4", "--epochs=1", "--batch_size=512", "--progress=none"]
+    args.append(f"--model_dir={run_dir}")
     assert run_cli(*args) == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["granularity"] == "2:4" and results["budget"] == "uniform"
     assert results["schedule"]["final_sparsity"] == 0.5
-    assert "--granularity=2:4" in (run_dir / "run.flags").read_text()
+    flagfile = (run_dir / "run.flags").read_text()
+    assert "--granularity=2:4" in flagfile and "--target_sparsity=0.5" in flagfile
+    assert run_cli(f"--flagfile={run_dir / 'run.flags'}", "--dry_run") == 0  # the same run
     stripped = keras.saving.load_model(run_dir / "model.keras")
     for layer in stripped.layers:
         if hasattr(layer, "kernel"):
             assert (group_counts(layer.kernel.numpy(), 4, 0) == 2).all()
 
 
-def test_cli_channel_runs_with_defaults(tmp_path, capsys):
-    assert run_cli("--granularity=channel", "--dry_run") == 0
-    out = capsys.readouterr().out
-    assert "granularity channel" in out and "layer scope" in out
+@pytest.mark.integration
+def test_cli_channel_runs_with_defaults(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--granularity=channel", "--target_sparsity=0.5", "--epochs=1", "--progress=none"]
+    args = ["--granularity=channel", "--target_sparsity=0.5", "--epochs=1", "--batch_size=512"]
+    args.append("--progress=none")
     assert run_cli(*args, f"--model_dir={run_dir}") == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["granularity"] == "channel" and results["budget"] is None
@@ -328,12 +334,30 @@ def test_cli_channel_runs_with_defaults(tmp_path, capsys):
     assert int((np.abs(fc1).sum(axis=0) == 0).sum()) == 150  # half of fc1's 300 channels
 
 
-def test_cli_dry_run_mentions_n_of_m_and_default_stays_weight(capsys):
+def test_cli_dry_run_mentions_the_granularity_and_default_stays_weight(capsys):
     assert run_cli("--granularity=2:4", "--method=snip", "--dry_run") == 0
     out = capsys.readouterr().out
     assert "granularity 2:4" in out and "target sparsity 0.5" in out
+    assert run_cli("--granularity=channel", "--dry_run") == 0
+    out = capsys.readouterr().out
+    assert "granularity channel" in out and "layer scope" in out
     assert run_cli("--dry_run") == 0
     assert "granularity" not in capsys.readouterr().out
+
+
+def test_run_flags_of_weight_pruning_have_no_granularity_line():
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["kprune.train"])
+    config = config_from_flags(values)
+    assert "granularity" not in config.flag_lines and config.budget == "erk"
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["kprune.train", "--granularity=2:4", "--method=polynomial"])
+    config = config_from_flags(values)
+    assert config.flag_lines["granularity"] == "--granularity=2:4"
+    assert (config.budget, config.scope, config.target_sparsity) == ("uniform", "layer", 0.5)
+    assert config.run_dir.name == "lenet300_100-digits-polynomial-2of4-50"
 
 
 @pytest.mark.parametrize(
