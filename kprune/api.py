@@ -128,7 +128,10 @@ def _nm_layers(model, to_wrap, granularity, stacklevel):
             for w in prunable_weights(layer)
             if (problem := nm_problem(layer, w, granularity.m))
         ]
-        (skipped.extend(problems) if problems else kept.append(item))
+        if problems:
+            skipped.extend(problems)
+        else:
+            kept.append(item)
     if not kept:
         raise ValueError(
             f"No layer of model '{model.name}' can hold a {granularity} pattern: "

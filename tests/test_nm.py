@@ -153,6 +153,25 @@ def test_global_scope_reaches_the_pattern_in_every_tensor():
         assert (group_counts(mask, 4, 0) == 2).all()
 
 
+def test_cyclical_schedule_regrows_and_ends_every_cycle_at_the_pattern():
+    schedule = kprune.CyclicalSparsity(0.5, begin_step=0, end_step=7, cycles=2, frequency=1)
+    pruned = kprune.prune(dense_model(), schedule, scope="layer", granularity="2:4")
+    ends = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch in (3, 7):  # the last step of each cycle
+                ends.append([group_counts(m, 4, 0) for m in kprune.get_masks(pruned).values()])
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 8), dtype="float32"), rng.random((8, 3), dtype="float32")
+    pruned.compile(keras.optimizers.SGD(0.05), "mse")
+    pruned.fit(x, y, batch_size=1, verbose=0, callbacks=[kprune.PruningCallback(), Record()])
+    assert len(ends) == 2
+    for counts in ends:
+        assert all((c == 2).all() for c in counts)
+
+
 def test_masks_hold_in_fit_and_strip_keeps_the_pattern():
     model = keras.Sequential(
         [
