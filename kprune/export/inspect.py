@@ -162,7 +162,7 @@ def nm_pattern_rows(model):
 
     >>> dense = keras.layers.Dense(1, name="fc")
     >>> model = keras.Sequential([keras.Input((4,)), dense])
-    >>> dense.kernel.assign(np.array([[1.0], [0.0], [0.0], [2.0]]))
+    >>> _ = dense.kernel.assign(np.array([[1.0], [0.0], [0.0], [2.0]]))
     >>> nm_pattern_rows(model)
     [{'weight': 'fc/kernel', 'axis': 0, '1:4': False, '2:4': True, '4:8': False}]
     """
