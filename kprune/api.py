@@ -26,6 +26,7 @@ from kprune._internal.validate import check_choice
 from kprune._internal.walk import check_model, clone, fresh_copy, is_graph_model, subclassed_error
 from kprune.allocation import layer_budgets, resolve_budget
 from kprune.criteria import get_criterion
+from kprune.granularity import nm_problem, parse_granularity
 from kprune.masking import SCOPES
 from kprune.masks import (
     apply_masks,
@@ -46,10 +47,8 @@ from kprune.structured.engine import (
     macs_schedule,
 )
 from kprune.structured.graph import trace_channels
-from kprune.targets import check_supported, is_prunable
-from kprune.wrapper import PruningWrapper
-
-GRANULARITIES = ("weight", "channel")
+from kprune.targets import check_supported, is_prunable, prunable_weights
+from kprune.wrapper import PruningWrapper, check_nm_arguments
 
 __all__ = [
     "prune",
@@ -115,6 +114,42 @@ def _layers_to_wrap(model, exclude, what):
     return to_wrap
 
 
+def _nm_layers(model, to_wrap, granularity, stacklevel):
+    """The layers of `to_wrap` whose every pruned weight can hold `granularity` (N:M).
+
+    The others are left dense with one warning naming each weight and why; none left is an
+    error.
+    """
+    kept, skipped = [], []
+    for item in to_wrap:
+        layer = item[0]
+        problems = [
+            f"{layer.name}/{w.name} {tuple(w.shape)}: {problem}"
+            for w in prunable_weights(layer)
+            if (problem := nm_problem(layer, w, granularity.m))
+        ]
+        if problems:
+            skipped.extend(problems)
+        else:
+            kept.append(item)
+    if not kept:
+        raise ValueError(
+            f"No layer of model '{model.name}' can hold a {granularity} pattern: "
+            f"{'; '.join(skipped)}. N:M groups run along the input axis of Dense and "
+            f"Conv1D/2D/3D kernels, whose length must be a multiple of {granularity.m}; use "
+            "granularity='weight' for this model, or a smaller M."
+        )
+    if skipped:
+        warnings.warn(
+            f"N:M granularity {granularity} leaves {len(skipped)} weight(s) of model "
+            f"'{model.name}' dense, their layers unwrapped: {'; '.join(skipped)}. Pass their "
+            "layers in `exclude` to silence this.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return kept
+
+
 def prune(
     model,
     schedule,
@@ -148,11 +183,16 @@ def prune(
         budget: per-tensor budget instead of `scope` (`kprune.allocation.BUDGETS`): "global",
             "uniform" (= scope "layer") or "erk" (each tensor on the schedule scaled to its ERK
             target); a `scope` other than "global" must agree with it.
-        granularity: `"weight"` (single weights, the default) or `"channel"` (whole output
+        granularity: `"weight"` (single weights, the default), `"channel"` (whole output
             channels with every slice coupled to them, traced through the graph by
             `kprune.structured.graph`; the schedule is then the fraction of channels removed,
             `criterion` one of `kprune.structured.engine.CHANNEL_CRITERIA`, "l1" by default;
-            `kprune.shrink()` then builds the smaller model).
+            `kprune.shrink()` then builds the smaller model) or `"N:M"` such as `"2:4"`
+            (semi-structured: in every group of M consecutive weights along a kernel's input
+            axis N survive, see `kprune.granularity`; the schedule must end at `1 - N/M`,
+            each update removes the smallest |w| but never more than M - N of a group;
+            `criterion` "magnitude", `budget` "global" or "uniform"; layers without whole
+            groups, e.g. an RGB stem, are left dense with a warning).
         target: at channel granularity, what the schedule's sparsity measures: `"channels"`
             (the fraction of channels removed) or `"macs"` (the fraction of the MACs
             removed; every group loses the channel fraction that gives it).
@@ -182,8 +222,8 @@ def prune(
             f"begin_step=0, end_step=1000), or None for fixed masks. Received: "
             f"schedule={schedule!r}"
         )
-    check_choice("granularity", granularity, GRANULARITIES)
-    if granularity == "channel":
+    granularity = parse_granularity(granularity)
+    if granularity.kind == "channel":
         return _prune_channels(model, schedule, scope, exclude, criterion, budget, target)
     if target != "channels":
         raise ValueError(
@@ -195,7 +235,18 @@ def prune(
         check_choice("scope", scope, SCOPES)
     budget = resolve_budget(budget, scope)
     criterion = get_criterion(criterion)
-    to_wrap = [layer for layer, _ in _layers_to_wrap(model, exclude, "prune")]
+    walked = _layers_to_wrap(model, exclude, "prune")
+    if granularity.is_nm:
+        if budget == "erk":
+            raise ValueError(
+                f"budget='erk' gives every tensor its own target; granularity="
+                f"{str(granularity)!r} has one, {granularity.sparsity:g} in every tensor. Use "
+                "budget='uniform' (every tensor ramps to the pattern on its own) or 'global' "
+                "(one threshold until then)."
+            )
+        check_nm_arguments(granularity, schedule, criterion)
+        walked = _nm_layers(model, walked, granularity, stacklevel=2)
+    to_wrap = [layer for layer, _ in walked]
     plan = dict(zip(map(id, to_wrap), layer_budgets(to_wrap, schedule, budget)))
 
     dense = left_dense(model)
@@ -221,7 +272,11 @@ def prune(
                 new_layer.build_from_config(build_config)
             layer_schedule, layer_scope = plan[id(layer)]
             wrapper = PruningWrapper(
-                new_layer, schedule=layer_schedule, scope=layer_scope, criterion=criterion
+                new_layer,
+                schedule=layer_schedule,
+                scope=layer_scope,
+                criterion=criterion,
+                granularity=granularity,
             )
             return wrapper, lambda: new_layer.set_weights(layer.get_weights())
         return new_layer, lambda: new_layer.set_weights(layer.get_weights())

@@ -9,6 +9,11 @@ of tensors in the order given, goes first. The k-th lowest score is found by bis
 order-preserving integer view of the float32 scores: 32 counting passes, exact, no sort, so
 memory stays at one extra int32 copy of the scores.
 
+N:M granularity (`nm=`) adds one rule: in every group of M consecutive weights along a
+tensor's input axis the N highest scores are shielded (`nm_survivors`), so an update removes
+the lowest scores among the other weights only, never more than M - N in any group, and at the
+pattern's own sparsity 1 - N/M exactly N of every M survive.
+
 Example:
 
 >>> scores = [tf.constant([[3.0, 1.0], [2.0, 1.0]])]
@@ -21,8 +26,16 @@ from __future__ import annotations
 import tensorflow as tf
 
 from kprune._internal.validate import check_choice
+from kprune.granularity import NM_TOLERANCE
 
-__all__ = ["SCOPES", "prune_count", "prune_lowest", "compute_masks", "sortable_keys"]
+__all__ = [
+    "SCOPES",
+    "prune_count",
+    "prune_lowest",
+    "compute_masks",
+    "nm_survivors",
+    "sortable_keys",
+]
 
 SCOPES = ("layer", "global")
 
@@ -98,7 +111,36 @@ def prune_lowest(scores, k):
     return masks
 
 
-def compute_masks(scores, old_masks, sparsity, scope="layer", monotone=True):
+def nm_survivors(scores, axis, n, m):
+    """Bool tensor, True at the `n` highest scores of every `m` consecutive ones along `axis`.
+
+    Among equal scores the lower index along `axis` survives. The rank inside a group is
+    counted by comparing every pair of its `m` entries (no sort; `m` times the tensor's size in
+    booleans), so the result is the same on every device. The length of `axis` must be a
+    multiple of `m`.
+
+    Example:
+
+    >>> w = tf.constant([[4.0, 1.0], [1.0, 1.0], [3.0, 5.0], [2.0, 1.0]])  # (in=4, out=2)
+    >>> nm_survivors(w, 0, 2, 4).numpy().astype(int).T.tolist()
+    [[1, 0, 1, 0], [1, 0, 1, 0]]
+    """
+    keys = sortable_keys(scores)
+    rank = len(scores.shape)
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    moved = tf.transpose(keys, perm)
+    groups = tf.reshape(moved, [-1, m])
+    mine, other = groups[:, :, None], groups[:, None, :]  # entry i against entry j
+    index = tf.range(m)
+    earlier = index[None, :] < index[:, None]  # [i, j]: j comes before i
+    beaten = tf.logical_or(other > mine, tf.logical_and(tf.equal(other, mine), earlier))
+    ahead = tf.reduce_sum(tf.cast(beaten, tf.int32), axis=-1)
+    keep = tf.reshape(ahead < n, tf.shape(moved))
+    inverse = [perm.index(i) for i in range(rank)]
+    return tf.transpose(keep, inverse)
+
+
+def compute_masks(scores, old_masks, sparsity, scope="layer", monotone=True, nm=None):
     """New binary masks (1 = keep) from scores and a target sparsity.
 
     Args:
@@ -110,6 +152,10 @@ def compute_masks(scores, old_masks, sparsity, scope="layer", monotone=True):
         monotone: if True, weights already pruned stay pruned (they are ranked below every
             active weight, and the count never drops below the number already pruned); if False
             the mask is recomputed over the whole tensor and pruned weights can return.
+        nm: None, or one `(axis, n, m)` per tensor (None for a tensor without N:M groups):
+            the `n` best of every `m` weights along `axis` are never pruned (`nm_survivors`;
+            with `monotone`, among the active ones), so at most `m - n` per group go; a
+            sparsity within 1e-6 of `1 - n / m` prunes all the others.
 
     Returns:
         A list of float32 tensors of 0s and 1s.
@@ -126,6 +172,12 @@ def compute_masks(scores, old_masks, sparsity, scope="layer", monotone=True):
     active = [tf.not_equal(m, 0) for m in old_masks]
     if monotone:
         scores = [tf.where(a, s, float("-inf")) for s, a in zip(scores, active)]
+    shielded = [None] * len(scores)
+    for i, spec in enumerate(nm or ()):
+        if spec is not None:
+            shielded[i] = nm_survivors(scores[i], *spec)
+            if monotone:
+                shielded[i] = tf.logical_and(shielded[i], active[i])
     groups = [list(range(len(scores)))] if scope == "global" else [[i] for i in range(len(scores))]
     new_masks = [None] * len(scores)
     for group in groups:
@@ -137,6 +189,29 @@ def compute_masks(scores, old_masks, sparsity, scope="layer", monotone=True):
                 [tf.reduce_sum(tf.cast(tf.logical_not(active[i]), tf.int64)) for i in group]
             )
             k = tf.maximum(k, n_inactive)
+        if any(shielded[i] is not None for i in group):
+            k = _nm_count(k, sparsity, total, group, shielded, nm)
+            group_scores = [
+                s if shielded[i] is None else tf.where(shielded[i], float("inf"), s)
+                for i, s in zip(group, group_scores)
+            ]
         for i, pruned in zip(group, prune_lowest(group_scores, k)):
+            if shielded[i] is not None:
+                pruned = tf.logical_and(pruned, tf.logical_not(shielded[i]))
             new_masks[i] = tf.cast(tf.logical_not(pruned), tf.float32)
     return new_masks
+
+
+def _nm_count(k, sparsity, total, group, shielded, nm):
+    """`k` capped at the weights N:M lets go, and all of them at the pattern's sparsity."""
+    n_shielded = tf.add_n(
+        [tf.reduce_sum(tf.cast(shielded[i], tf.int64)) for i in group if shielded[i] is not None]
+    )
+    open_ = tf.constant(total, tf.int64) - n_shielded
+    k = tf.minimum(k, open_)
+    specs = [nm[i] for i in group]
+    if all(spec is not None for spec in specs):
+        limit = min(1.0 - n / m for _, n, m in specs)
+        full = tf.cast(sparsity, tf.float64) >= limit - NM_TOLERANCE
+        k = tf.where(full, open_, k)
+    return k

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from kprune._internal.walk import check_model, walk, weight_key
-from kprune.pruning_group import PruningGroup
+from kprune.pruning_group import NMPruningGroup, PruningGroup
 from kprune.structured.engine import ChannelPruningGroup
 from kprune.structured.graph import trace_channels
 from kprune.targets import is_container
@@ -112,8 +112,9 @@ def bind_optimizer(model, optimizer):
     """Connects the pruning wrappers of `model` to `optimizer` so their schedules can advance.
 
     The step of every schedule is read from `optimizer.iterations` inside the train step.
-    Wrappers sharing a schedule, scope and criterion form one `PruningGroup`, updated together;
-    all `scope="global"` wrappers must share one schedule and one criterion. `PruningCallback`
+    Wrappers sharing a schedule, scope, criterion and granularity form one `PruningGroup`
+    (an `NMPruningGroup` at N:M granularity), updated together; all `scope="global"` wrappers
+    must share one schedule, one criterion and one granularity. `PruningCallback`
     calls this at the start of `fit`; call it yourself once before a custom training loop.
 
     Args:
@@ -160,6 +161,12 @@ def bind_optimizer(model, optimizer):
             f"schedule (one threshold needs one target); found {len(global_schedules)}: "
             f"{sorted(map(repr, global_schedules))}"
         )
+    global_granularities = {str(w.granularity) for w in scheduled if w.scope == "global"}
+    if len(global_granularities) > 1:
+        raise ValueError(
+            "All PruningWrapper layers with scope='global' in one model must share one "
+            f"granularity (one selection over all of them); found {sorted(global_granularities)}"
+        )
     global_criteria = {w.criterion for w in scheduled if w.scope == "global"}
     if len(global_criteria) > 1:
         raise ValueError(
@@ -174,13 +181,14 @@ def bind_optimizer(model, optimizer):
     for wrapper in scheduled:
         if wrapper.channel_weights is not None:
             continue
-        key = (wrapper.scope, wrapper.schedule, wrapper.criterion)
+        key = (wrapper.scope, wrapper.schedule, wrapper.criterion, wrapper.granularity)
         by_key.setdefault(key, []).append(wrapper)
-    for (scope, schedule, _), members in by_key.items():
+    for (scope, schedule, _, granularity), members in by_key.items():
         slots = [
             [optimizer_slots(optimizer, w) for w in member.pruned_weights] for member in members
         ]
-        group = PruningGroup(members, schedule, scope, optimizer.iterations, slots)
+        kind = NMPruningGroup if granularity.is_nm else PruningGroup
+        group = kind(members, schedule, scope, optimizer.iterations, slots)
         for member in members:
             member._group = group
         groups.append(group)

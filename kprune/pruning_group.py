@@ -19,8 +19,10 @@ import tensorflow as tf
 from keras import ops
 
 from kprune._internal.compat import maybe_merge_call, no_autocast
+from kprune.masking import compute_masks
+from kprune.scores import magnitude
 
-__all__ = ["PruningGroup", "apply_mask", "exact_value"]
+__all__ = ["NMPruningGroup", "PruningGroup", "apply_mask", "exact_value"]
 
 
 def exact_value(variable):
@@ -151,6 +153,36 @@ class PruningGroup:
             target,
             scope=self.scope,
             monotone=not self.schedule.allows_regrowth,
+        )
+
+
+class NMPruningGroup(PruningGroup):
+    """A `PruningGroup` of N:M-granularity wrappers: magnitude selection capped per group.
+
+    The schedule's target is the sparsity of the whole group (per tensor or global, as its
+    scope says); an update removes the smallest |w| but never more than M - N of any M
+    consecutive weights along a kernel's input axis, and at `1 - N/M` exactly N of every M
+    survive (`kprune.masking.compute_masks` with `nm=`).
+
+    Example:
+
+    >>> # made by kprune.bind_optimizer for wrappers with granularity="2:4"
+    """
+
+    def _new_masks(self, values, masks, records, target):
+        granularity = self.leader.granularity
+        specs = [
+            (axis, granularity.n, granularity.m)
+            for wrapper in self.wrappers
+            for axis in wrapper.nm_axes
+        ]
+        return compute_masks(
+            magnitude(values),
+            masks,
+            target,
+            scope=self.scope,
+            monotone=not self.schedule.allows_regrowth,
+            nm=specs,
         )
 
 

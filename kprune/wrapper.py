@@ -37,7 +37,8 @@ from keras import ops
 from kprune._internal.compat import call_has_training_arg
 from kprune._internal.validate import check_choice
 from kprune._internal.walk import variable_path
-from kprune.criteria import get_criterion
+from kprune.criteria import Magnitude, get_criterion
+from kprune.granularity import NM_TOLERANCE, nm_axis, nm_problem, parse_granularity
 from kprune.masking import SCOPES
 from kprune.pruning_group import PruningGroup, apply_mask, exact_value
 from kprune.schedules import PruningSchedule
@@ -94,6 +95,11 @@ class PruningWrapper(keras.layers.Wrapper):
             `["kernel", "bias"]`, `["gamma", "beta"]`), whose masks a
             `kprune.structured.engine.ChannelPruningGroup` writes by whole channels. Any
             layer with such weights can then be wrapped (BatchNormalization too).
+        granularity: `"weight"` (the default) or `"N:M"` (e.g. `"2:4"`, see
+            `kprune.granularity`): every group of M consecutive weights along a kernel's input
+            axis keeps N. Needs Dense or Conv1D/2D/3D kernels whose input axis is a multiple
+            of M (checked in `build()`), the magnitude criterion, and a schedule that ends at
+            `1 - N/M` (or None, for masks set by `kprune.prune_at_init`).
         **kwargs: passed to `keras.layers.Wrapper` (e.g. `name`).
 
     Example:
@@ -115,6 +121,7 @@ class PruningWrapper(keras.layers.Wrapper):
         scope="global",
         criterion="magnitude",
         channel_weights=None,
+        granularity="weight",
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.Layer):
@@ -154,12 +161,31 @@ class PruningWrapper(keras.layers.Wrapper):
                 f"criterion={criterion!r} prunes monotonically and cannot be combined with "
                 f"a schedule that lets pruned weights regrow. Received: schedule={schedule!r}"
             )
+        granularity = parse_granularity(granularity)
+        if granularity.kind == "channel":
+            raise ValueError(
+                f"PruningWrapper takes granularity 'weight' or 'N:M'; channel pruning wraps "
+                "every layer of a channel group, so use kprune.prune(model, schedule, "
+                f"granularity='channel'). Received: granularity={str(granularity)!r} for "
+                f"layer '{layer.name}'"
+            )
+        if granularity.is_nm:
+            if channel_weights is not None:
+                raise ValueError(
+                    f"`channel_weights` is for channel granularity; the wrapper of "
+                    f"'{layer.name}' was given granularity={str(granularity)!r} too. Give one "
+                    "of them."
+                )
+            check_nm_arguments(granularity, schedule, criterion)
         kwargs.setdefault("name", layer.name)
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
         self.schedule = schedule
         self.scope = scope
         self.criterion = criterion
+        self.granularity = granularity
+        # The input axis of every pruned weight, at N:M granularity (set in build()).
+        self.nm_axes = None
         self.masks = []
         # |dL/dw| of the pruned weights, recorded in training for gradient-based criteria.
         self.gradient_records = []
@@ -197,6 +223,21 @@ class PruningWrapper(keras.layers.Wrapper):
             w.constraint = MaskConstraint(mask, previous)
             masks.append(mask)
         self.masks = masks
+        if self.granularity.is_nm:
+            m = self.granularity.m
+            problems = [
+                f"{'/'.join(variable_path(self.layer, w))} {tuple(w.shape)}: {problem}"
+                for w in weights
+                if (problem := nm_problem(self.layer, w, m))
+            ]
+            if problems:
+                raise ValueError(
+                    f"Layer '{self.layer.name}' cannot hold a {self.granularity} pattern: "
+                    f"{'; '.join(problems)}. N:M groups run along the input axis of Dense and "
+                    f"Conv1D/2D/3D kernels, whose length must be a multiple of {m}; leave this "
+                    "layer dense (kprune.prune(..., exclude=[name]) does that)."
+                )
+            self.nm_axes = [nm_axis(self.layer, w) for w in weights]
         if self.criterion.needs_gradients:
             self.gradient_records = [
                 self.add_weight(
@@ -292,6 +333,8 @@ class PruningWrapper(keras.layers.Wrapper):
         config["criterion"] = keras.saving.serialize_keras_object(self.criterion)
         if self.channel_weights is not None:
             config["channel_weights"] = list(self.channel_weights)
+        if self.granularity.kind != "weight":  # weight-granularity configs stay as they were
+            config["granularity"] = str(self.granularity)
         return config
 
     @classmethod
@@ -311,6 +354,32 @@ class PruningWrapper(keras.layers.Wrapper):
                 criterion, custom_objects=custom_objects
             )
         return cls(layer, schedule=schedule, criterion=criterion, **config)
+
+
+def check_nm_arguments(granularity, schedule, criterion):
+    """What N:M granularity needs: the magnitude criterion, a schedule ending at 1 - N/M.
+
+    Example:
+
+    >>> from kprune import ConstantSparsity
+    >>> check_nm_arguments(parse_granularity("2:4"), ConstantSparsity(0.5), Magnitude())
+    """
+    if type(criterion) is not Magnitude:
+        raise ValueError(
+            f"granularity={str(granularity)!r} selects by magnitude within every group; "
+            f"criterion={criterion!r} is not supported with it. Use criterion='magnitude'."
+        )
+    if schedule is None:
+        return
+    target = granularity.sparsity
+    if abs(schedule.final_sparsity - target) > NM_TOLERANCE:
+        raise ValueError(
+            f"granularity={str(granularity)!r} keeps {granularity.n} of every {granularity.m} "
+            f"weights, so the schedule must end at sparsity 1 - {granularity.n}/"
+            f"{granularity.m} = {target:g}, e.g. LinearSparsity(0.0, {target:g}, begin_step, "
+            f"end_step) or ConstantSparsity({target:g}). Received: {schedule!r} (final "
+            f"sparsity {schedule.final_sparsity:g})"
+        )
 
 
 def _record_gradient(value, record, accumulate, signed=False):

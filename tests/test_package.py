@@ -76,6 +76,10 @@ def test_readme_block_runs_as_written(name, code, tmp_path):
         accuracy = float(re.search(r"'accuracy': ([0-9.]+)", out.stdout).group(1))
         assert accuracy >= 0.8, out.stdout
         assert (tmp_path / "small.keras").exists() and (tmp_path / "small_export").is_dir()
+    if name == "nm":  # both kernels hold 2:4 exactly after training
+        assert out.stdout.strip().splitlines()[-1] == "[True, True]", out.stdout
+        accuracy = float(re.search(r"'accuracy': ([0-9.]+)", out.stdout).group(1))
+        assert accuracy >= 0.8, out.stdout
     if name == "custom-loop":
         assert "'sparsity': 0.79" in out.stdout, out.stdout
     if name == "distributed":  # one CPU: one replica; 16896 - round(0.9 * 16896) kept

@@ -147,6 +147,15 @@ class RunFlags:
         "--scope if given, else erk for linear, polynomial and cyclical, global for the others.",
         choices=BUDGET_NAMES,
     )  # fmt: skip
+    granularity: str = _flag(
+        "string", "weight",
+        "What one pruning decision removes: weight (single weights); channel (whole output "
+        "channels traced through the graph; linear and polynomial; the schedule is the "
+        "fraction of channels, --scope=layer by default, no --budget); N:M such as 2:4 (N of "
+        "every M consecutive weights along a Dense/Conv kernel's input axis survive; linear, "
+        "polynomial, cyclical, snip, grasp, synflow and random; --target_sparsity defaults to "
+        "1 - N/M and must equal it; --budget uniform by default, or global).",
+    )  # fmt: skip
     # Schedule (fractions of the whole training, or steps).
     prune_begin: float = _flag(
         "float", 0.0, "Start of pruning as a fraction of training steps, in [0, 1].", **_FRACTION

@@ -32,6 +32,7 @@ from kprune.experiment.plan import (
     training_of,
 )
 from kprune.experiment.run_config import RunConfig, lth_rounds
+from kprune.granularity import parse_granularity
 from kprune.workflows.at_init import (
     class_balanced_sample,
     masks_at_init,
@@ -127,6 +128,24 @@ def _check_scope(ctx, allowed):
         )
 
 
+def _granularity_lines(ctx):
+    """The --granularity line of the plan (none for weight pruning, whose plan is unchanged)."""
+    granularity = parse_granularity(ctx.config.granularity)
+    if granularity.kind == "channel":
+        return [
+            "granularity channel: whole output channels (and every slice coupled to them) are "
+            "removed; the schedule's target is the fraction of channels; kprune.shrink() builds "
+            "the smaller model"
+        ]
+    if granularity.is_nm:
+        return [
+            f"granularity {granularity}: {granularity.n} of every {granularity.m} consecutive "
+            "weights along each Dense/Conv kernel's input axis survive at the end (layers "
+            f"without whole groups stay dense); target {granularity.sparsity:g}"
+        ]
+    return []
+
+
 def _plan_gradual(ctx):
     _check_scope(ctx, ("global", "layer", "erk"))
     schedule = _gradual_schedule(ctx)
@@ -138,9 +157,13 @@ def _plan_gradual(ctx):
         shown += ", ..."
     if len(updates) > 4:
         shown += f", {updates[-1][0]}:{updates[-1][1]:.3f}"
+    how = (
+        f"{ctx.config.scope} scope" if ctx.config.budget is None else f"{ctx.config.budget} budget"
+    )
     return [
         f"schedule  {schedule!r}",
-        f"pruning   {ctx.config.budget} budget, steps {schedule.begin_step}..{schedule.end_step} "
+        *_granularity_lines(ctx),
+        f"pruning   {how}, steps {schedule.begin_step}..{schedule.end_step} "
         f"of {ctx.total_steps}: {len(updates)} mask updates (step:target {shown})",
         *budget_lines(ctx, schedule),
         *lr_lines(ctx),
@@ -156,9 +179,11 @@ def _run_gradual(ctx):
         schedule,
         training_of(ctx),
         budget=ctx.config.budget,
+        scope=ctx.config.scope,
         exclude=ctx.config.exclude if schedule is not None else (),
         run_dir=ctx.run_dir,
         verbose=ctx.config.verbose,
+        granularity=ctx.config.granularity,
     )
 
 
@@ -257,8 +282,9 @@ def _plan_at_init(ctx):
         seed=ctx.config.seed,
     )
     return [
+        *_granularity_lines(ctx),
         f"pruning   at initialization, {ctx.config.scope} scope: {description}; masks fixed "
-        f"for all {ctx.total_steps} training steps"
+        f"for all {ctx.total_steps} training steps",
     ]
 
 
@@ -285,6 +311,7 @@ def _run_at_init(ctx):
         batches=batches,
         run_dir=ctx.run_dir,
         verbose=ctx.config.verbose,
+        granularity=ctx.config.granularity,
         **_at_init_options(ctx),
     )
 

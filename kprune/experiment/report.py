@@ -54,10 +54,15 @@ def plan_lines(ctx, prunable_rows):
     total = sum(row["total"] for row in prunable_rows)
     pruned_total = sum(row["total"] for row in prunable_rows if row["pruned"])
     to_remove = round(config.target_sparsity * pruned_total) if config.method != "dense" else 0
+    end = f"{to_remove} of them zero at the end ({pruned_total - to_remove} kept)"
+    if getattr(config, "granularity", "weight") == "channel":
+        end = (
+            f"{config.target_sparsity:g} of the channels of every traced channel group "
+            "removed at the end (the tensors' zeros follow from the groups)"
+        )
     lines.append(
         f"prunable weights: {len(prunable_rows)} tensors, {total} weights; "
-        f"{pruned_total} pruned by this method, {to_remove} of them zero at the end "
-        f"({pruned_total - to_remove} kept)"
+        f"{pruned_total} pruned by this method, {end}"
     )
     for row in prunable_rows:
         shape = "x".join(str(d) for d in row["shape"])
@@ -107,6 +112,14 @@ def _replicas_note(results):
     return f" on {info['replicas']} replicas, {info['strategy']}"
 
 
+def _how(config):
+    """ "erk budget", "layer scope", or with the granularity: "2:4, uniform budget"."""
+    budgeted = config.method in _BUDGETED and config.budget is not None
+    how = f"{config.budget} budget" if budgeted else f"{config.scope} scope"
+    granularity = getattr(config, "granularity", "weight")
+    return how if granularity == "weight" else f"{granularity} granularity, {how}"
+
+
 def summary_paragraph(config, results, run_dir):
     """The paragraph printed after a run: what was trained, accuracy, sparsity, outputs."""
     steps = results["total_steps"]
@@ -114,8 +127,7 @@ def summary_paragraph(config, results, run_dir):
         "without pruning"
         if config.method == "dense"
         else f"with {config.method} pruning to {config.target_sparsity:.2%} sparsity "
-        f"({config.budget if config.method in _BUDGETED else config.scope} "
-        f"{'budget' if config.method in _BUDGETED else 'scope'})"
+        f"({_how(config)})"
     )
     return (
         f"Trained {config.model} on {config.dataset} {what} for {config.training.epochs} epochs "

@@ -23,9 +23,18 @@ from kprune.experiment.config import (
     flag_spec,
     float_list,
 )
+from kprune.granularity import NM_TOLERANCE, Granularity, parse_granularity
 from kprune.workflows.training import TrainConfig
 
-__all__ = ["ERK_BY_DEFAULT", "RunConfig", "config_from_flags", "lth_rounds", "resolve_budget_flags"]
+__all__ = [
+    "ERK_BY_DEFAULT",
+    "GRANULARITY_METHODS",
+    "RunConfig",
+    "config_from_flags",
+    "lth_rounds",
+    "resolve_budget_flags",
+    "resolve_granularity_flag",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +79,8 @@ class RunConfig:
     verbose: int
     flags: dict
     flag_lines: dict
-    budget: str = "global"
+    budget: str | None = "global"  # None at channel granularity (no per-tensor budget)
+    granularity: str = "weight"  # "weight", "channel" or "N:M" (kprune.granularity)
 
     @property
     def run_name(self):
@@ -79,6 +89,8 @@ class RunConfig:
         if dataset.startswith("npz:"):
             dataset = "npz_" + pathlib.Path(dataset[4:]).stem
         parts = [self.model, dataset, self.method]
+        if self.granularity != "weight":
+            parts.append(self.granularity.replace(":", "of"))  # "2of4": no ":" in a path
         if self.method != "dense":
             parts.append(f"{self.target_sparsity * 100:.6g}")
         if self.seed:
@@ -122,11 +134,47 @@ def _target_sparsity(values):
 ERK_BY_DEFAULT = ("dense", "linear", "polynomial", "cyclical")
 
 
-def resolve_budget_flags(values):
+# The methods each --granularity other than weight applies to (weight: every method).
+GRANULARITY_METHODS = {
+    "channel": ("linear", "polynomial"),
+    "nm": ("linear", "polynomial", "cyclical", "snip", "grasp", "synflow", "random"),
+}
+
+
+def resolve_granularity_flag(values):
+    """The `kprune.granularity.Granularity` of --granularity, checked against --method.
+
+    Example:
+
+    >>> from kprune.experiment.config import define_flags
+    >>> values = flags.FlagValues()
+    >>> define_flags(values)
+    >>> _ = values(["kprune.train", "--granularity=2:4"])
+    >>> resolve_granularity_flag(values)
+    Granularity(kind='nm', n=2, m=4)
+    """
+    try:
+        granularity = parse_granularity(values.granularity)
+    except ValueError as err:
+        raise UsageError(f"--granularity: {err}") from err
+    allowed = GRANULARITY_METHODS.get(granularity.kind)
+    if allowed is not None and values.method not in allowed:
+        form = "N:M " if granularity.is_nm else ""
+        raise UsageError(
+            f"--granularity={granularity} does not apply to --method={values.method}; {form}"
+            f"granularity applies to --method={'|'.join(allowed)}. Leave --granularity at "
+            "weight for this method."
+        )
+    return granularity
+
+
+def resolve_budget_flags(values, granularity=None):
     """`(budget, scope)` from --budget and --scope: one choice under two names.
 
     --budget wins, --scope given alone maps to its budget, neither gives the method's default
-    (erk for `ERK_BY_DEFAULT`, else global). Both given and different: UsageError.
+    (erk for `ERK_BY_DEFAULT`, else global). Both given and different: UsageError. At
+    `granularity` channel there is no budget (`(None, scope)`, scope layer unless --scope
+    says global); at N:M the default is uniform and erk is refused.
 
     Example:
 
@@ -137,6 +185,22 @@ def resolve_budget_flags(values):
     >>> resolve_budget_flags(values)
     ('uniform', 'layer')
     """
+    kind = "weight" if granularity is None else granularity.kind
+    if kind == "channel":
+        if values.budget is not None:
+            raise UsageError(
+                f"--budget={values.budget} sets per-tensor budgets of weight pruning; "
+                "--granularity=channel has none: every channel group loses the target fraction "
+                "(--scope=layer, the default) or one ranking spans all groups (--scope=global). "
+                "Drop --budget."
+            )
+        scope = values.scope if values["scope"].present else "layer"
+        if scope == "erk":
+            raise UsageError(
+                "--scope=erk sets per-tensor budgets of weight pruning; at "
+                "--granularity=channel use --scope=layer (the default) or --scope=global."
+            )
+        return None, scope
     scopes = {scope: budget for budget, scope in BUDGET_SCOPES.items()}
     budget = values.budget
     if budget is not None and values["scope"].present and BUDGET_SCOPES[budget] != values.scope:
@@ -147,9 +211,29 @@ def resolve_budget_flags(values):
     if budget is None:
         if values["scope"].present:
             budget = scopes[values.scope]
+        elif kind == "nm":
+            budget = "uniform"
         else:
             budget = "erk" if values.method in ERK_BY_DEFAULT else "global"
+    if kind == "nm" and budget == "erk":
+        raise UsageError(
+            f"--budget=erk (--scope=erk) gives every tensor its own target; "
+            f"--granularity={granularity} has one, {granularity.sparsity:g} in every tensor. "
+            "Use --budget=uniform (the default at N:M) or --budget=global."
+        )
     return budget, BUDGET_SCOPES[budget]
+
+
+def _nm_target(values, granularity):
+    """--target_sparsity at N:M granularity: 1 - N/M, its default, and the only value."""
+    given = values.target_sparsity
+    if values["target_sparsity"].present and abs(given - granularity.sparsity) > NM_TOLERANCE:
+        raise UsageError(
+            f"--granularity={granularity} keeps {granularity.n} of every {granularity.m} "
+            f"weights, so --target_sparsity must be {granularity.sparsity:g} (its default at "
+            f"this granularity). Received: --target_sparsity={given}"
+        )
+    return granularity.sparsity
 
 
 def config_from_flags(values=flags.FLAGS):
@@ -187,15 +271,24 @@ def config_from_flags(values=flags.FLAGS):
         )
     except ValueError as err:
         raise UsageError(f"training flags: {err}") from err
-    budget, scope = resolve_budget_flags(values)
+    granularity = resolve_granularity_flag(values)
+    budget, scope = resolve_budget_flags(values, granularity)
+    target_sparsity = _target_sparsity(values)
     resolved = {name: values[name].value for name in FLAG_NAMES}
-    resolved.update(budget=budget, scope=scope, lr=lr)
+    resolved.update(budget=budget, scope=scope, lr=lr, granularity=str(granularity))
+    if granularity.is_nm:
+        target_sparsity = _nm_target(values, granularity)
+        resolved["target_sparsity"] = target_sparsity
     lines = {}
     for name in FLAG_NAMES:
         line = "" if flag_spec(name).metadata["volatile"] else values[name].serialize()
         if name in ("budget", "scope", "lr"):
             # The resolved pair, so run.flags reused as a --flagfile means the same run.
-            line = f"--{name}={resolved[name]}"
+            line = f"--{name}={resolved[name]}" if resolved[name] is not None else ""
+        if name == "target_sparsity" and granularity.is_nm:
+            line = f"--target_sparsity={target_sparsity!r}"
+        if name == "granularity" and granularity == Granularity("weight"):
+            line = ""  # run.flags of weight pruning stay as they were (resume compares them)
         if line:
             lines[name] = line
     return RunConfig(
@@ -205,7 +298,7 @@ def config_from_flags(values=flags.FLAGS):
         download=values.download,
         exclude=tuple(values.exclude),
         method=values.method,
-        target_sparsity=_target_sparsity(values),
+        target_sparsity=target_sparsity,
         initial_sparsity=values.initial_sparsity,
         scope=scope,
         batch_size=values.batch_size,
@@ -223,4 +316,5 @@ def config_from_flags(values=flags.FLAGS):
         flags=resolved,
         flag_lines=lines,
         budget=budget,
+        granularity=str(granularity),
     )

@@ -24,13 +24,17 @@ import tensorflow as tf
 
 from kprune import data as data_lib
 from kprune import distribute
+from kprune._internal.walk import weight_key
 from kprune.api import sparsity_report
 from kprune.experiment import report
 from kprune.experiment import run_dir as run_dir_lib
 from kprune.experiment.config import UsageError
 from kprune.experiment.methods import METHODS, RunContext
 from kprune.export import FORMATS, QUANTIZE_MODES, ParityError, export, format_export_report
+from kprune.granularity import nm_problem, parse_granularity
+from kprune.masks import walk_model
 from kprune.models import build_model
+from kprune.targets import is_prunable, prunable_weights
 from kprune.versions import versions
 
 __all__ = ["run"]
@@ -87,10 +91,27 @@ def _prunable_rows(config, model):
             f"--exclude names layers that are not in model {config.model}: {unknown}. "
             f"Prunable layers: {sorted({row['layer'] for row in rows})}"
         )
+    whole_groups = _nm_weights(config, model)
     for row in rows:
         layer_name = row["layer"].split("/")[-1]
         row["pruned"] = config.method != "dense" and layer_name not in config.exclude
+        if whole_groups is not None:
+            row["pruned"] = row["pruned"] and row["weight"] in whole_groups
     return rows
+
+
+def _nm_weights(config, model):
+    """Keys of the weights that can hold --granularity=N:M (None at other granularities)."""
+    granularity = parse_granularity(config.granularity)
+    if not granularity.is_nm:
+        return None
+    return {
+        weight_key(prefix, layer, w)
+        for layer, prefix in walk_model(model)
+        if is_prunable(layer)
+        for w in prunable_weights(layer)
+        if nm_problem(layer, w, granularity.m) is None
+    }
 
 
 def _prepare(config, strategy):

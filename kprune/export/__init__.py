@@ -42,7 +42,7 @@ import shutil
 from kprune._internal.validate import check_choice, check_fraction, check_integer
 from kprune.api import sparsity_report
 from kprune.export.inputs import _InputSpec, _plain_model, _take_samples, load_keras_model
-from kprune.export.inspect import read_tflite_weights
+from kprune.export.inspect import nm_pattern_rows, read_tflite_weights
 from kprune.export.out_dir import prepare_out_dir, remove_stale_temp_dirs, replace_dir, temp_dir
 from kprune.export.parity import (
     RUNTIMES,
@@ -285,6 +285,7 @@ def _export_into(
         },
         "dense_baseline": None,
         "artifacts": {},
+        "nm_patterns": nm_pattern_rows(model),
     }
     twin, report["dense_baseline"] = (
         _dense_twin(model) if compare_dense else (None, "not measured (compare_dense=False)")

@@ -21,10 +21,15 @@ import numpy as np
 
 from kprune._internal.compat import tflite_schema
 from kprune._internal.walk import weight_key as _weight_key
+from kprune.granularity import nm_axis, nm_pattern_holds, parse_granularity
 from kprune.masks import walk_model as _walk
 from kprune.targets import is_prunable, prunable_weights
 
-__all__ = ["read_tflite_weights"]
+__all__ = ["NM_PATTERNS", "nm_pattern_rows", "read_tflite_weights"]
+
+# The N:M patterns the export report checks on every Dense/Conv kernel (2:4: sparse tensor
+# cores); a pattern holds when no group of M along the input axis has more than N non-zeros.
+NM_PATTERNS = ("1:4", "2:4", "4:8")
 
 # Ops the converter puts between a stored weight tensor and the op that uses it.
 _WEIGHT_PASSTHROUGH_OPS = ("DENSIFY", "DEQUANTIZE")
@@ -144,6 +149,38 @@ def _prunable_variables(model):
             for v in prunable_weights(layer):
                 out.append((_weight_key(prefix, layer, v), v))
     return out
+
+
+def nm_pattern_rows(model):
+    """For every Dense/Conv kernel of `model`: which of `NM_PATTERNS` its weights hold.
+
+    Checked on the Keras weights (those the files are converted from) along the kernel's input
+    axis (`kprune.granularity.nm_axis`); a kernel whose input axis is not a multiple of M does
+    not hold that pattern.
+
+    Example:
+
+    >>> dense = keras.layers.Dense(1, name="fc")
+    >>> model = keras.Sequential([keras.Input((4,)), dense])
+    >>> _ = dense.kernel.assign(np.array([[1.0], [0.0], [0.0], [2.0]]))
+    >>> nm_pattern_rows(model)
+    [{'weight': 'fc/kernel', 'axis': 0, '1:4': False, '2:4': True, '4:8': False}]
+    """
+    rows = []
+    for layer, prefix in _walk(model):
+        if not is_prunable(layer) or isinstance(layer, keras.Model) or not layer.built:
+            continue
+        for v in prunable_weights(layer):
+            axis = nm_axis(layer, v)
+            if axis is None:
+                continue
+            value = np.asarray(v.numpy())
+            row = {"weight": _weight_key(prefix, layer, v), "axis": axis}
+            for pattern in NM_PATTERNS:
+                g = parse_granularity(pattern)
+                row[pattern] = nm_pattern_holds(value, g.n, g.m, axis)
+            rows.append(row)
+    return rows
 
 
 def _name_mentions(tensor_name, layer_name):

@@ -19,7 +19,7 @@ import tarfile
 
 import keras
 
-from kprune.export.inspect import _match_keras_weights, read_tflite_weights
+from kprune.export.inspect import NM_PATTERNS, _match_keras_weights, read_tflite_weights
 from kprune.export.tflite import FORMATS, TFLITE_FILE, _convert_saved_model
 
 __all__ = ["format_export_report"]
@@ -144,6 +144,21 @@ def _fmt_ratio(r):
     return "-" if r is None else f"{r:.3f}x"
 
 
+def _nm_lines(rows):
+    """The N:M table: per Dense/Conv kernel, whether each pattern holds (yes/no)."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "N:M patterns of the Keras kernels (at most N non-zeros in every M along the input axis)",
+        f"{'keras weight':<32} " + " ".join(f"{p:>5}" for p in NM_PATTERNS),
+    ]
+    for row in rows:
+        marks = " ".join(f"{'yes' if row[p] else 'no':>5}" for p in NM_PATTERNS)
+        lines.append(f"{row['weight'][:32]:<32} {marks}")
+    return lines
+
+
 def format_export_report(report):
     """Renders an export report as fixed-width tables (a string).
 
@@ -203,6 +218,7 @@ def format_export_report(report):
             )
         for note in tflite["notes"]:
             lines.append(f"note: {note}")
+    lines.extend(_nm_lines(report.get("nm_patterns") or []))
     parity = report["parity"]
     lines.append("")
     lines.append(f"parity with Keras on {parity['samples']} samples ({parity['data']})")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numbers
 import time
+import warnings
 
 import numpy as np
 
@@ -45,7 +46,8 @@ from kprune._internal.validate import (
     check_sparsity,
 )
 from kprune.api import prune, set_masks, sparsity_report, strip
-from kprune.workflows.saliency import prunable_targets, score_masks
+from kprune.granularity import NM_TOLERANCE, parse_granularity
+from kprune.workflows.saliency import nm_specs, prunable_targets, score_masks
 from kprune.workflows.training import fit_and_evaluate
 
 __all__ = [
@@ -102,6 +104,30 @@ def _check_args(method, sparsity, scope, batches, options):
     return merged
 
 
+def _check_granularity(granularity, sparsity, scope):
+    granularity = parse_granularity(granularity)
+    if granularity.kind == "channel":
+        raise ValueError(
+            "Pruning at initialization chooses single weights or N:M groups "
+            "(granularity='weight' or e.g. '2:4'); for channels use kprune.prune(model, "
+            "schedule, granularity='channel')."
+        )
+    if granularity.is_nm:
+        if abs(float(sparsity) - granularity.sparsity) > NM_TOLERANCE:
+            raise ValueError(
+                f"granularity={str(granularity)!r} keeps {granularity.n} of every "
+                f"{granularity.m} weights: pass sparsity={granularity.sparsity:g}. Received: "
+                f"sparsity={sparsity!r}"
+            )
+        if scope == "erk":
+            raise ValueError(
+                f"scope='erk' gives every tensor its own target; granularity="
+                f"{str(granularity)!r} has one. Use scope='global' or 'layer' (at the N:M "
+                "sparsity both keep the best N of every group)."
+            )
+    return granularity
+
+
 # -- public API -----------------------------------------------------------------------------
 def masks_at_init(
     model,
@@ -113,6 +139,7 @@ def masks_at_init(
     batches=1,
     scope="global",
     exclude=None,
+    granularity="weight",
     **method_options,
 ):
     """Masks chosen at initialization by a saliency method, keyed like `kprune.get_masks`.
@@ -135,6 +162,10 @@ def masks_at_init(
             (every tensor keeps `1 - sparsity` of itself) or `"erk"` (per-tensor budgets from
             `kprune.allocation.erk_keep_counts`, each tensor ranked on its own).
         exclude: names of layers to leave dense, as in `kprune.prune`.
+        granularity: `"weight"` (the default) or `"N:M"` (e.g. `"2:4"`, with
+            `sparsity=1 - N/M` and scope "global" or "layer"): the method's scores choose the
+            N survivors of every group of M weights along a kernel's input axis; layers
+            without whole groups are left out (and dense), as in `kprune.prune`.
         **method_options: per method:
             * snip: `training=False` (BatchNorm/dropout mode of the scoring pass).
             * grasp: `temperature=200.0` (logits are divided by it), `training=True`.
@@ -171,13 +202,25 @@ def masks_at_init(
     >>> kprune.set_masks(pruned, masks)
     """
     options = _check_args(method, sparsity, scope, batches, method_options)
-    chosen = prunable_targets(model, exclude, "masks_at_init")
+    granularity = _check_granularity(granularity, sparsity, scope)
+    chosen = prunable_targets(model, exclude, "masks_at_init", granularity)
     if method in _DATA_METHODS and data is None:
         raise ValueError(
             f"method={method!r} needs data: pass an (x, y) pair of arrays or a batched "
             "tf.data.Dataset of (x, y)."
         )
-    masks = score_masks(model, chosen, data, method, sparsity, scope, loss, batches, options)
+    masks = score_masks(
+        model,
+        chosen,
+        data,
+        method,
+        sparsity,
+        scope,
+        loss,
+        batches,
+        options,
+        nm=nm_specs(model, chosen, granularity),
+    )
     return {path: np.asarray(m.numpy(), np.float32) for (path, _), m in zip(chosen, masks)}
 
 
@@ -191,6 +234,7 @@ def prune_at_init(
     batches=1,
     scope="global",
     exclude=None,
+    granularity="weight",
     **method_options,
 ):
     """Prunes `model` at initialization and returns a copy whose masks never change.
@@ -223,9 +267,19 @@ def prune_at_init(
         batches=batches,
         scope=scope,
         exclude=exclude,
+        granularity=granularity,
         **method_options,
     )
-    pruned = prune(model, None, scope="global" if scope == "global" else "layer", exclude=exclude)
+    with warnings.catch_warnings():
+        # masks_at_init has already named the layers N:M leaves dense.
+        warnings.filterwarnings("ignore", message="N:M granularity", category=UserWarning)
+        pruned = prune(
+            model,
+            None,
+            scope="global" if scope == "global" else "layer",
+            exclude=exclude,
+            granularity=granularity,
+        )
     set_masks(pruned, masks)
     return pruned
 
@@ -299,6 +353,7 @@ def train_at_init(
     run_dir=None,
     callbacks=(),
     verbose=1,
+    granularity="weight",
     **method_options,
 ):
     """Prunes `model` at initialization with `method`, then trains it with the masks fixed.
@@ -307,7 +362,8 @@ def train_at_init(
         model: a built Sequential or functional model that outputs logits (unchanged).
         data: a `kprune.data.Dataset` for training and evaluation.
         training: a `kprune.workflows.training.TrainConfig`.
-        method, sparsity, scope, exclude, batches, **method_options: as `masks_at_init`.
+        method, sparsity, scope, exclude, batches, granularity, **method_options: as
+            `masks_at_init`.
         saliency_data: `(x, y)` arrays (or a dataset) to score with; None for SynFlow and
             random, which need no data.
         run_dir, callbacks, verbose: as `kprune.workflows.training.fit_and_evaluate`.
@@ -315,7 +371,8 @@ def train_at_init(
     Returns:
         `(stripped_model, results)`: the trained model without wrappers, and the results of
         `fit_and_evaluate` plus `method`, `scope`, `exclude`, `saliency_seconds` (time spent
-        scoring) and `sparsity` (`kprune.sparsity_report` of the pruned model).
+        scoring), `sparsity` (`kprune.sparsity_report` of the pruned model) and, unless
+        `"weight"`, `granularity`.
 
     Example:
 
@@ -336,6 +393,7 @@ def train_at_init(
             batches=batches,
             scope=scope,
             exclude=list(exclude or ()),
+            granularity=granularity,
             **method_options,
         )
     saliency_seconds = time.perf_counter() - start
@@ -350,4 +408,6 @@ def train_at_init(
         method_options=dict(method_options),
         sparsity=sparsity_report(pruned),
     )
+    if str(granularity) != "weight":  # results of weight pruning stay as they were
+        results["granularity"] = str(granularity)
     return strip(pruned), results

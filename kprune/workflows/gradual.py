@@ -32,8 +32,9 @@ import tensorflow as tf
 
 from kprune._internal.validate import check_choice, check_integer, check_number
 from kprune.allocation import BUDGET_SCOPES, resolve_budget
-from kprune.api import prune, set_masks, sparsity_report, strip
+from kprune.api import prune, pruning_wrappers, set_masks, sparsity_report, strip
 from kprune.criteria import get_criterion
+from kprune.granularity import parse_granularity
 from kprune.schedules import CyclicalSparsity, LinearSparsity, PolynomialDecay
 from kprune.workflows.training import fit_and_evaluate
 
@@ -229,6 +230,7 @@ def train_gradual(
     criterion="magnitude",
     initial_masks=None,
     budget=None,
+    granularity="weight",
 ):
     """Prunes `model` along `schedule` while training it once; returns it stripped.
 
@@ -252,6 +254,9 @@ def train_gradual(
         initial_masks: optional `{path: 0/1 array}` set before training (e.g. a random ERK
             mask from `kprune.masks_at_init(..., method="random", scope="erk")` for a sparse
             start); the schedule then continues from that sparsity.
+        granularity: `"weight"`, `"channel"` (then `budget` None, `scope` "layer" or
+            "global", channels ranked by L1 norm unless `criterion` names a channel
+            criterion) or `"N:M"` such as `"2:4"`, as in `kprune.prune`.
 
     Returns:
         `(stripped_model, results)`: a plain Keras model with the zeros baked in, and a dict
@@ -272,8 +277,16 @@ def train_gradual(
     ...     training.TrainConfig(epochs=5), verbose=0)  # doctest: +SKIP
     """
     exclude = tuple(exclude or ())
-    budget = resolve_budget(budget, scope)
-    scope = BUDGET_SCOPES[budget]
+    channel = parse_granularity(granularity).kind == "channel"
+    if channel:
+        if budget is not None:
+            raise ValueError(
+                f"budget={budget!r} applies to weight pruning; at granularity='channel' use "
+                "scope='layer' or scope='global'."
+            )
+    else:
+        budget = resolve_budget(budget, scope)
+        scope = BUDGET_SCOPES[budget]
     if (
         schedule is not None
         and training.lr_schedule == "hold_cosine"
@@ -289,8 +302,18 @@ def train_gradual(
     else:
         # The pruned copy (wrappers, masks) lives under the strategy the model was built under.
         with model.distribute_strategy.scope():
+            prune_args = {"scope": scope} if channel else {"budget": budget}
+            if (
+                channel and isinstance(criterion, str) and criterion == "magnitude"
+            ):  # the default: channels rank by L1 norm
+                criterion = None
             trained = prune(
-                model, schedule, exclude=list(exclude), criterion=criterion, budget=budget
+                model,
+                schedule,
+                exclude=list(exclude),
+                criterion=criterion,
+                granularity=granularity,
+                **prune_args,
             )
             if initial_masks:
                 set_masks(trained, initial_masks)
@@ -303,7 +326,12 @@ def train_gradual(
     results["scope"] = None if schedule is None else scope
     results["budget"] = None if schedule is None else budget
     results["lr_hold_end_step"] = training.lr_hold_end_step
-    if schedule is not None:
+    if str(granularity) != "weight":  # results of weight pruning stay as they were
+        results["granularity"] = str(granularity)
+    if schedule is not None and channel:
+        chosen = pruning_wrappers(trained)[0].criterion
+        results["criterion"] = {"class": type(chosen).__name__, **chosen.get_config()}
+    elif schedule is not None:
         chosen = get_criterion(criterion)
         results["criterion"] = {"class": type(chosen).__name__, **chosen.get_config()}
     else:

@@ -31,7 +31,8 @@ import tensorflow as tf
 from kprune import scores as scores_lib
 from kprune._internal.walk import clone, weight_key
 from kprune.allocation import erk_prune_counts
-from kprune.api import _layers_to_wrap
+from kprune.api import _layers_to_wrap, _nm_layers
+from kprune.granularity import nm_axis
 from kprune.masking import compute_masks
 from kprune.targets import prunable_weights
 
@@ -135,13 +136,32 @@ def _batches(model, data, batches, method):
 
 
 # -- model plumbing -------------------------------------------------------------------------
-def prunable_targets(model, exclude, what):
-    """`[(path, variable)]` of the weights `prune()` would mask, in `get_masks` order."""
+def prunable_targets(model, exclude, what, granularity=None):
+    """`[(path, variable)]` of the weights `prune()` would mask, in `get_masks` order.
+
+    With an N:M `granularity` (a `kprune.granularity.Granularity`), only those of the layers
+    `prune(..., granularity=...)` wraps (a warning lists the others).
+    """
+    layers = _layers_to_wrap(model, exclude, what)
+    if granularity is not None and granularity.is_nm:
+        layers = _nm_layers(model, layers, granularity, stacklevel=4)
     found = []
-    for layer, prefix in _layers_to_wrap(model, exclude, what):
+    for layer, prefix in layers:
         for w in prunable_weights(layer):
             found.append((weight_key(prefix, layer, w), w))
     return found
+
+
+def nm_specs(model, targets, granularity):
+    """`(axis, n, m)` of every target for `compute_masks(nm=...)`, or None for weight pruning."""
+    if granularity is None or not granularity.is_nm:
+        return None
+    owners = {
+        id(w): layer
+        for layer, _ in _layers_to_wrap(model, None, "masks_at_init")
+        for w in prunable_weights(layer)
+    }
+    return [(nm_axis(owners[id(v)], v), granularity.n, granularity.m) for _, v in targets]
 
 
 def _forward(model, variables, training, absolute=False):
@@ -274,10 +294,10 @@ def _target(sparsity, scope, shapes):
     return tf.constant([c / math.prod(s) for c, s in zip(counts, shapes)], tf.float64)
 
 
-def _select(scores, old_masks, target, scope):
+def _select(scores, old_masks, target, scope, nm=None):
     """Masks keeping the highest scores: exact counts, ties by position (kprune.masking)."""
     if scope != "erk":
-        return compute_masks(scores, old_masks, target, scope=scope, monotone=True)
+        return compute_masks(scores, old_masks, target, scope=scope, monotone=True, nm=nm)
     return [
         compute_masks([s], [m], target[i], scope="layer", monotone=True)[0]
         for i, (s, m) in enumerate(zip(scores, old_masks))
@@ -341,7 +361,9 @@ def _synflow_hint(compute_dtype, k):
     )
 
 
-def _synflow_masks(model, targets, sparsity, scope, iterations, dtype, input_shape, training):
+def _synflow_masks(
+    model, targets, sparsity, scope, iterations, dtype, input_shape, training, nm=None
+):
     scoring_model = _float64_copy(model) if dtype == "float64" else model
     if scoring_model is model:
         variables = [v for _, v in targets]
@@ -370,7 +392,7 @@ def _synflow_masks(model, targets, sparsity, scope, iterations, dtype, input_sha
         else:
             scaled = [s / tf.where(tf.reduce_max(s) > 0, tf.reduce_max(s), 1) for s in scores]
         scaled = [tf.cast(s, tf.float32) for s in scaled]
-        return _select(scaled, masks, target, scope)
+        return _select(scaled, masks, target, scope, nm)
 
     masks = [tf.ones(shape, tf.float32) for shape in shapes]
     density = 1.0 - float(sparsity)
@@ -384,7 +406,7 @@ def _synflow_masks(model, targets, sparsity, scope, iterations, dtype, input_sha
     return masks
 
 
-def score_masks(model, targets, data, method, sparsity, scope, loss, batches, options):
+def score_masks(model, targets, data, method, sparsity, scope, loss, batches, options, nm=None):
     variables = [v for _, v in targets]
     shapes = [tuple(v.shape) for v in variables]
     ones = [tf.ones(shape, tf.float32) for shape in shapes]
@@ -398,6 +420,7 @@ def score_masks(model, targets, data, method, sparsity, scope, loss, batches, op
             options["dtype"],
             options["input_shape"],
             options["training"],
+            nm,
         )
     if method == "random":
         scores = scores_lib.random(variables, seed=options["seed"])
@@ -426,4 +449,4 @@ def score_masks(model, targets, data, method, sparsity, scope, loss, batches, op
     )
     if method != "random":
         _check_finite(method, targets, scores, hint=hint)
-    return _select(scores, ones, _target(sparsity, scope, shapes), scope)
+    return _select(scores, ones, _target(sparsity, scope, shapes), scope, nm)
