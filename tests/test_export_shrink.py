@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import types
+import zipfile
 
 import keras
 import numpy as np
@@ -127,7 +128,21 @@ def test_parity_against_the_masked_model(shrunk_export):
     np.testing.assert_allclose(tflite_out, np.asarray(pruned(x, training=False)), atol=1e-5)
 
 
-def test_keras_file_loads_with_plain_keras(shrunk_export):
+def test_keras_file_holds_plain_keras_layers(shrunk_export):
+    out, pruned, _ = shrunk_export
+    with zipfile.ZipFile(out / "model.keras") as archive:
+        config = archive.read("config.json")
+    assert b"kprune" not in config  # no kprune class to look up: loads with keras alone
+    loaded = keras.models.load_model(out / "model.keras")
+    assert loaded.count_params() == SHRUNK_PARAMS
+    x = _images(4)
+    np.testing.assert_allclose(
+        np.asarray(loaded(x, training=False)), np.asarray(pruned(x, training=False)), atol=1e-5
+    )
+
+
+@pytest.mark.slow  # a fresh Python that imports TensorFlow
+def test_keras_file_loads_in_a_process_without_kprune(shrunk_export):
     out, pruned, _ = shrunk_export
     x = _images(2)
     np.save(out.parent / "x.npy", x)
@@ -163,9 +178,8 @@ def test_keras_file_loads_with_plain_keras(shrunk_export):
 def test_stripped_model_shrinks_with_shrink_true_only(tmp_path):
     pruned = _channel_pruned()
     stripped = kprune.strip(pruned)
-    report = export(stripped, tmp_path / "a", formats="tflite", compare_dense=False, verbose=False)
-    assert "shrink" not in report  # auto: no masks, exported as before
-    assert sorted(os.listdir(tmp_path / "a")) == ["export_report.json", "model.tflite"]
+    exported, reference, section = shrinking._models_to_export(stripped, "auto")
+    assert exported is reference and section is None  # auto: no masks, exported as before
     report = export(
         stripped, tmp_path / "b", formats="tflite", compare_dense=False, shrink=True, verbose=False
     )
@@ -203,18 +217,12 @@ def test_weight_level_models_are_exported_as_before(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_shrink_true_without_zero_channels_warns_and_writes_the_model_whole(tmp_path):
+def test_shrink_true_without_zero_channels_warns_and_keeps_the_model_whole():
     with pytest.warns(UserWarning, match="nothing is removed"):
-        report = export(
-            _tiny_conv(),
-            tmp_path / "out",
-            formats="tflite",
-            compare_dense=False,
-            shrink=True,
-            verbose=False,
-        )
-    assert report["shrink"]["channels_removed"] == 0
-    assert report["shrink"]["params"]["shrunk"] == DENSE_PARAMS
+        exported, reference, section = shrinking._models_to_export(_tiny_conv(), True)
+    assert section["channels_removed"] == 0
+    assert section["params"]["shrunk"] == DENSE_PARAMS == exported.count_params()
+    assert exported is not reference  # still the rebuilt model that export writes
 
 
 def test_a_wrong_shrunk_model_fails_the_parity_gate(tmp_path, monkeypatch):
@@ -227,14 +235,15 @@ def test_a_wrong_shrunk_model_fails_the_parity_gate(tmp_path, monkeypatch):
         return small
 
     monkeypatch.setattr(shrinking, "_rebuild", off_by_a_bit)
+    pruned = _channel_pruned()
     with pytest.raises(ParityError) as info:
-        export(_channel_pruned(), tmp_path / "out", formats="tflite", verbose=False)
+        export(pruned, tmp_path / "out", formats="tflite", compare_dense=False, verbose=False)
     failures = info.value.report["parity"]["failures"]
     assert len(failures) == 1 and failures[0].startswith("keras (shrunk model): max |difference|")
     assert (tmp_path / "out" / "model.keras").exists()  # kept for inspection
 
 
-def test_cli_shrink_flag(tmp_path, capsys):
+def test_cli_shrink_flag(tmp_path, capsys, monkeypatch):
     path = tmp_path / "pruned.keras"
     _channel_pruned().save(path)
 
@@ -248,9 +257,14 @@ def test_cli_shrink_flag(tmp_path, capsys):
     assert status == 0, out.err
     assert f"params {DENSE_PARAMS} -> {SHRUNK_PARAMS} (0.507x), MACs 7,808 -> 3,904" in out.out
     assert (tmp_path / "auto" / "model.keras").exists()
-    status, out = cli(f"--out={tmp_path / 'off'}", "--shrink=false")
-    assert status == 0 and "shrunk" not in out.out
-    assert not (tmp_path / "off" / "model.keras").exists()
+    seen = []
+    monkeypatch.setattr(export_cli, "export", lambda *a, **kw: seen.append(kw["shrink"]) or {})
+    monkeypatch.setattr(export_cli, "format_export_report", lambda report: "")
+    for value in ("true", "false", "auto"):
+        assert cli(f"--out={tmp_path / value}", f"--shrink={value}")[0] == 0
+    assert seen == [True, False, "auto"]
+    with pytest.raises(flags.IllegalFlagValueError, match=r"<auto\|true\|false>"):
+        cli(f"--out={tmp_path / 'bad'}", "--shrink=yes")
 
 
 def test_training_cli_export_shrinks_channel_runs(tmp_path, monkeypatch):
