@@ -156,6 +156,8 @@ def _prepare(config, strategy):
 def _export(ctx, stripped, model_path, echo):
     """Runs kprune.export on the final model: `(export results, ParityError or None)`.
 
+    A channel-pruned model (`--granularity=channel`) is exported shrunk (`shrink=True`).
+
     The size and parity table goes to `echo` (the CLI prints it), whether parity passed or not.
     """
     config = ctx.config
@@ -171,6 +173,10 @@ def _export(ctx, stripped, model_path, echo):
     }
     if config.export_quantize is not None:
         options["quantize"] = config.export_quantize
+    # The workflow hands over the stripped model, whose removed channels are all-zero weights
+    # but no longer masks: ask export to find them and write the shrunk model.
+    if config.granularity == "channel":
+        options["shrink"] = True
     try:
         report = export(stripped, ctx.run_dir / "export", **options)
     except ParityError as err:  # the files are written; say so in results.json too

@@ -12,10 +12,17 @@
   dense export of the same architecture, the sparsity of every weight tensor as read back from
   the exported files, and a parity check of each artifact against the Keras model.
 
+A model pruned with `granularity="channel"` is shrunk first (`kprune.shrink`, see
+`shrinking`): the files hold the smaller model, `model.keras` is added (the shrunk Keras model,
+plain Keras layers), the parity check compares them with the masked model, and the report's
+`shrink` section gives parameters, MACs and bytes dense vs shrunk. `shrink=False` exports the
+masked model with its zeros instead.
+
 All files are written into a temporary directory next to `out_dir`, which replaces `out_dir`
 only once everything has been converted and checked, so a failed export leaves nothing behind.
 
-The steps live in submodules: `inputs` (the model and its input samples), `tflite`
+The steps live in submodules: `inputs` (the model and its input samples), `shrinking` (the
+shrunk model of a channel-pruned one), `tflite`
 (SavedModel and TFLite conversion), `inspect` (weights read back from the files), `parity`
 (the interpreter and the comparison with Keras) and `report` (sizes and the table). The
 command line is `python -m kprune.export` (`__main__.py`):
@@ -41,7 +48,7 @@ import shutil
 
 from kprune._internal.validate import check_choice, check_fraction, check_integer
 from kprune.api import sparsity_report
-from kprune.export.inputs import _InputSpec, _plain_model, _take_samples, load_keras_model
+from kprune.export.inputs import _InputSpec, _take_samples, load_keras_model
 from kprune.export.inspect import nm_pattern_rows, read_tflite_weights
 from kprune.export.out_dir import prepare_out_dir, remove_stale_temp_dirs, replace_dir, temp_dir
 from kprune.export.parity import (
@@ -55,9 +62,17 @@ from kprune.export.report import (
     _dense_twin,
     _dir_bytes,
     _dir_gzip_size,
+    _file_gzip_size,
     _sizes,
     _tflite_entry,
     format_export_report,
+)
+from kprune.export.shrinking import (
+    KERAS_FILE,
+    SHRINK_MODES,
+    _check_shrink,
+    _models_to_export,
+    _shrink_bytes,
 )
 from kprune.export.tflite import (
     FORMATS,
@@ -75,6 +90,7 @@ from kprune.versions import versions
 __all__ = [
     "FORMATS",
     "QUANTIZE_MODES",
+    "SHRINK_MODES",
     "ConversionError",
     "ParityError",
     "compare_outputs",
@@ -123,11 +139,13 @@ def export(
     compare_dense=True,
     overwrite=False,
     runtime="auto",
+    shrink="auto",
     verbose=True,
 ):
     """Exports a (pruned) Keras model as SavedModel and sparse TFLite, checked and measured.
 
-    The model is stripped first if it contains `PruningWrapper`s. Everything is written into a
+    The model is stripped first if it contains `PruningWrapper`s, and shrunk if it was pruned
+    by channel (see `shrink`). Everything is written into a
     temporary directory next to `out_dir` that replaces `out_dir` only when all conversions
     have succeeded, so an error leaves no partial file behind.
 
@@ -146,6 +164,15 @@ def export(
     trained dense weights, which do not compress much. A model that cannot be cloned (one with
     a subclassed part) is measured against its own weights stored densely; `dense_baseline`
     in the report says which.
+
+    Channel pruning: with channel masks (`kprune.prune(..., granularity="channel")`), the
+    files hold `kprune.shrink(model)`, the smaller model without the removed channels, and
+    `out_dir` also gets `model.keras`, that model as a Keras file (plain Keras layers: it loads
+    without kprune). Parity compares every file with the masked model; the shrunk Keras model
+    (read back from `model.keras`) must match it to float tolerance (max difference <= 1e-3 *
+    max(1, max |output|)). The dense baseline is the unshrunk architecture, and the report's
+    `shrink` section gives the parameters, the MACs per example (`kprune.count_macs`) and the
+    bytes of each artifact, dense vs shrunk, and the channels each layer keeps.
 
     Args:
         model: a built `keras.Model`, pruned (wrapped) or stripped.
@@ -170,6 +197,11 @@ def export(
         overwrite: replace a non-empty `out_dir`.
         runtime: TFLite interpreter for the parity check: `"auto"` (ai_edge_litert if
             installed, else tf.lite.Interpreter), `"litert"` or `"tflite"`.
+        shrink: `"auto"`: shrink a model that holds channel masks, export any other model as
+            it is (stripped); `True`: shrink, also a plain model (e.g. the stripped
+            `model.keras` of a channel-pruning run), which loses every channel whose weights
+            are all zero (a warning if there is none); `False`: never shrink (a
+            channel-pruned model keeps its zeros).
         verbose: log the report as a table (`logging`, level INFO, logger `kprune.export`);
             `python -m kprune.export` prints it.
 
@@ -178,8 +210,9 @@ def export(
 
     Raises:
         TypeError / ValueError: bad arguments (each names the argument and the value), a
-            non-empty `out_dir` without `overwrite`, or `quantize="int8"` without
-            `representative_data`. Nothing is written.
+            non-empty `out_dir` without `overwrite`, `quantize="int8"` without
+            `representative_data`, or `shrink=True` for a model with weight-level masks.
+            Nothing is written.
         ConversionError: the model cannot be exported or converted; the message names the
             layer and the op where the converter says which. Nothing is written.
         ParityError: a float32 artifact disagrees with Keras; the files are written.
@@ -208,7 +241,8 @@ def export(
     check_integer("num_eval_samples", num_eval_samples, 1)
     check_integer("num_calibration_samples", num_calibration_samples, 1)
     min_fp32_agreement = check_fraction("min_fp32_agreement", min_fp32_agreement)
-    model = _plain_model(model)
+    shrink = _check_shrink(shrink)
+    model, reference, shrink_section = _models_to_export(model, shrink)
     spec = _InputSpec(model)
     if quantize == "int8" and representative_data is None:
         _calibration(spec, quantize, None, num_calibration_samples)  # raises the clear error
@@ -220,6 +254,8 @@ def export(
                 model,
                 tmp,
                 spec,
+                reference=reference,
+                shrink_section=shrink_section,
                 formats=formats,
                 quantize=quantize,
                 representative_data=representative_data,
@@ -256,6 +292,8 @@ def _export_into(
     tmp,
     spec,
     *,
+    reference,
+    shrink_section,
     formats,
     quantize,
     representative_data,
@@ -266,7 +304,11 @@ def _export_into(
     compare_dense,
     runtime,
 ):
-    """Writes the artifacts into `tmp` and returns the report (the caller writes it)."""
+    """Writes the artifacts into `tmp` and returns the report (the caller writes it).
+
+    `model` is what the files hold; `reference` the Keras model they are compared with (the
+    masked model when `model` is its shrunk version, else `model` itself).
+    """
     work = os.path.join(tmp, ".work")  # scratch space inside tmp: removed with it on error
     os.makedirs(work)
     saved_model_dir = os.path.join(tmp if "saved_model" in formats else work, SAVED_MODEL_DIR)
@@ -287,8 +329,11 @@ def _export_into(
         "artifacts": {},
         "nm_patterns": nm_pattern_rows(model),
     }
+    if shrink_section is not None:
+        report["shrink"] = shrink_section
+    # A shrunk model is measured against the dense model of the architecture it came from.
     twin, report["dense_baseline"] = (
-        _dense_twin(model) if compare_dense else (None, "not measured (compare_dense=False)")
+        _dense_twin(reference) if compare_dense else (None, "not measured (compare_dense=False)")
     )
     twin_dir = None
     if twin is model:
@@ -318,6 +363,25 @@ def _export_into(
         report["artifacts"]["tflite"] = _tflite_entry(
             tflite_bytes, quantize, twin, twin_dir, calibration, keras_report["layers"]
         )
+    keras_file = None
+    if shrink_section is not None:
+        keras_file = os.path.join(tmp, KERAS_FILE)
+        model.save(keras_file)
+        twin_file = None
+        if twin is not None:
+            twin_file = os.path.join(work, "dense.keras")
+            twin.save(twin_file)
+        entry = {"path": KERAS_FILE}
+        entry.update(
+            _sizes(
+                os.path.getsize(keras_file),
+                _file_gzip_size(keras_file),
+                os.path.getsize(twin_file) if twin_file else None,
+                _file_gzip_size(twin_file) if twin_file else None,
+            )
+        )
+        report["artifacts"]["keras"] = entry
+        _shrink_bytes(report)
 
     if eval_data is not None:
         samples = _take_samples(eval_data, num_eval_samples, spec, "eval_data")
@@ -328,7 +392,7 @@ def _export_into(
     else:
         samples, source = spec.synthetic(num_eval_samples), "synthetic uniform [0, 1) inputs"
     report["parity"] = _parity(
-        model,
+        reference,
         spec,
         samples,
         source,
@@ -338,6 +402,8 @@ def _export_into(
         min_fp32_agreement=min_fp32_agreement,
         runtime=runtime,
         report=report,
+        exported=model,
+        keras_file=keras_file,
     )
     shutil.rmtree(work)
     return report

@@ -34,6 +34,8 @@ from kprune.export.inputs import _InputSpec, _plain_model
 
 __all__ = ["define_flags", "main", "run"]
 
+_SHRINK_FLAG = {"auto": "auto", "true": True, "false": False}  # --shrink -> export(shrink=)
+
 
 def define_flags(flag_values=flags.FLAGS):
     """Declares the `python -m kprune.export` flags on `flag_values`.
@@ -110,6 +112,15 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_bool(
         "compare_dense", True, "Also export a dense twin for sizes.", flag_values=flag_values
     )
+    flags.DEFINE_enum(
+        "shrink",
+        "auto",
+        list(_SHRINK_FLAG),
+        "Write the smaller model of a channel-pruned one (kprune.shrink): auto (when the model "
+        "holds channel masks), true (also a stripped model: its all-zero channels are removed) "
+        "or false (export the masked model with its zeros).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.", flag_values=flag_values)
     flags.mark_flags_as_required(["model", "out"], flag_values=flag_values)
 
@@ -176,6 +187,7 @@ def run(flag_values):
             min_fp32_agreement=fv.min_agreement,
             compare_dense=fv.compare_dense,
             overwrite=fv.overwrite,
+            shrink=_SHRINK_FLAG[fv.shrink],
             verbose=False,  # the table is printed here: library code only logs
         )
     except ParityError as e:

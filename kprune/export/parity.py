@@ -18,6 +18,7 @@ import os
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -25,6 +26,7 @@ from kprune._internal.compat import interpreter_ops_details
 from kprune._internal.validate import check_choice, check_integer
 from kprune.export.inputs import _chunks, _num_samples
 from kprune.export.inspect import _saved_model_weights
+from kprune.export.shrinking import SHRINK_TOLERANCE
 from kprune.export.tflite import FORMATS, ConversionError
 
 __all__ = ["RUNTIMES", "SIGNATURE_KEY", "ParityError", "compare_outputs", "make_interpreter"]
@@ -253,8 +255,16 @@ def _parity(
     min_fp32_agreement,
     runtime,
     report,
+    exported=None,
+    keras_file=None,
 ):
-    """Runs Keras and each artifact on `samples`; adds SavedModel weights to `report`."""
+    """Runs Keras and each artifact on `samples`; adds SavedModel weights to `report`.
+
+    `model` gives the reference outputs; `exported` (default: `model`) is the model the files
+    hold, whose weights the SavedModel's are matched to. `keras_file`, the shrunk model saved
+    by the export, is loaded back and must match `model` to float tolerance.
+    """
+    exported = model if exported is None else exported
     chunk = min(32, _num_samples(samples))
     reference = _keras_outputs(model, spec, samples, chunk)
     parity = {
@@ -268,7 +278,7 @@ def _parity(
         result = compare_outputs(reference, _run_saved_model(loaded, samples, chunk))
         result["gated"] = True
         parity["saved_model"] = result
-        report["artifacts"]["saved_model"]["weights"] = _saved_model_weights(loaded, model)
+        report["artifacts"]["saved_model"]["weights"] = _saved_model_weights(loaded, exported)
         del loaded
     if tflite_bytes is not None:
         interpreter, info = make_interpreter(tflite_bytes, runtime=runtime, batch_size=chunk)
@@ -286,6 +296,18 @@ def _parity(
                 f"{name}: top-1 agreement {agreement:.4%} < {min_fp32_agreement:.2%}"
                 if agreement is not None
                 else f"{name}: max |difference| {result['max_abs_diff']:.3g} too large"
+            )
+    if keras_file is not None:
+        loaded = keras.models.load_model(keras_file, compile=False)
+        result = compare_outputs(reference, _keras_outputs(loaded, spec, samples, chunk))
+        scale = max(1.0, max(float(np.max(np.abs(r))) for r in reference.values()))
+        result["tolerance"] = SHRINK_TOLERANCE * scale
+        result["gated"] = True
+        parity["keras"] = result
+        if result["max_abs_diff"] > result["tolerance"]:
+            parity["failures"].append(
+                f"keras (shrunk model): max |difference| {result['max_abs_diff']:.3g} > "
+                f"{result['tolerance']:.3g}"
             )
     parity["passed"] = not parity["failures"]
     return parity

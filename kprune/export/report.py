@@ -20,6 +20,7 @@ import tarfile
 import keras
 
 from kprune.export.inspect import NM_PATTERNS, _match_keras_weights, read_tflite_weights
+from kprune.export.shrinking import format_shrink_lines
 from kprune.export.tflite import FORMATS, TFLITE_FILE, _convert_saved_model
 
 __all__ = ["format_export_report"]
@@ -35,6 +36,11 @@ def _dir_bytes(path):
         for root, _, files in os.walk(path)
         for name in files
     )
+
+
+def _file_gzip_size(path):
+    with open(path, "rb") as f:
+        return _gzip_size(f.read())
 
 
 def _dir_gzip_size(path):
@@ -194,6 +200,8 @@ def format_export_report(report):
                 f"{'':<22} vs dense float32 TFLite ({_fmt_bytes(entry['dense_fp32_bytes'])} "
                 f"bytes): {_fmt_ratio(entry['ratio_vs_dense_fp32'])}"
             )
+    if report.get("shrink"):
+        lines.extend(format_shrink_lines(report["shrink"]))
     tflite = report["artifacts"].get("tflite")
     if tflite:
         lines.append("")
@@ -222,7 +230,7 @@ def format_export_report(report):
     parity = report["parity"]
     lines.append("")
     lines.append(f"parity with Keras on {parity['samples']} samples ({parity['data']})")
-    for name in FORMATS:
+    for name in (*FORMATS, "keras"):
         result = parity.get(name)
         if result is None:
             continue
@@ -231,6 +239,8 @@ def format_export_report(report):
         if name == "tflite":
             how = f" [{result['runtime']}, {'XNNPACK' if result['xnnpack'] else 'builtin kernels'}]"
         gate = f"gate >= {parity['min_fp32_agreement']:.2%}" if result["gated"] else "not gated"
+        if name == "keras":
+            gate = f"gate: max |diff| <= {result['tolerance']:.3g}"
         lines.append(
             f"  {name:<12} max |diff| {result['max_abs_diff']:.3g}, top-1 agreement "
             f"{'-' if agreement is None else f'{agreement:.2%}'} ({gate}){how}"

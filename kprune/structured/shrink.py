@@ -30,10 +30,11 @@ import numpy as np
 from kprune._internal.walk import check_model, clone, fresh_copy, is_graph_model
 from kprune.api import strip
 from kprune.masks import pruning_wrappers
+from kprune.structured.engine import channel_weight_names
 from kprune.structured.graph import trace_channels
 from kprune.targets import layer_variable
 
-__all__ = ["shrink", "channel_keep"]
+__all__ = ["shrink", "channel_keep", "zero_channel_keep"]
 
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 _TRANSPOSE = (
@@ -110,6 +111,51 @@ def shrink(model):
     trace = trace_channels(plain)
     if trace.num_classes != len(keep):  # pragma: no cover - strip() keeps the graph
         raise RuntimeError("The stripped model traces differently from the pruned model.")
+    return _rebuild(plain, trace, keep)
+
+
+def zero_channel_keep(model, trace=None):
+    """For every channel class of a plain `model`, True unless all its trainable slices are 0.
+
+    This is what `kprune.strip()` leaves of a channel-pruned model: the masks are gone, the
+    removed channels are zero in every kernel, bias and BatchNorm gamma/beta they touch. A
+    class whose weights are all zero contributes nothing to the outputs, so removing it keeps
+    them (to float tolerance) whatever pruned it. Every producing layer keeps at least one
+    channel (its first, if all are zero), so no tensor becomes empty.
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="h"),
+    ...                           keras.layers.Dense(1, name="out")])
+    >>> kernel, bias = model.get_layer("h").get_weights()
+    >>> kernel[:, 1] = 0
+    >>> model.get_layer("h").set_weights([kernel, bias])  # the bias starts at zero
+    >>> out_kernel, out_bias = model.get_layer("out").get_weights()
+    >>> model.get_layer("out").set_weights([out_kernel * [[1], [0]], out_bias])
+    >>> zero_channel_keep(model).tolist()
+    [True, False]
+    """
+    trace = trace_channels(model) if trace is None else trace
+    alive = np.zeros(trace.num_classes + 1, bool)
+    for layer in trace.traced_layers():
+        for name in channel_weight_names(trace, layer):
+            value = np.asarray(layer_variable(layer, name).numpy()) != 0
+            for axis, idx in trace.axis_maps(layer, name):
+                axis = axis % value.ndim
+                others = tuple(a for a in range(value.ndim) if a != axis)
+                per_slice = value.any(axis=others) if others else value
+                np.logical_or.at(alive, np.where(idx < 0, trace.num_classes, idx), per_slice)
+    alive = alive[: trace.num_classes]
+    for ids in trace.producers.values():
+        ids = ids[ids >= 0]
+        if len(ids) and not alive[ids].any():
+            alive[ids[0]] = True
+    return alive
+
+
+def _rebuild(plain, trace, keep):
+    """`plain` (no wrappers) rebuilt without the classes where `keep` is False."""
     traced = {id(layer): layer for layer in trace.traced_layers()}
     reshapes = {id(layer): idx for layer, idx in trace.reshapes}
 
