@@ -274,7 +274,7 @@ def test_training_cli_export_shrinks_channel_runs(tmp_path, monkeypatch):
 
     def ctx(granularity):
         config = types.SimpleNamespace(
-            export=("tflite",), export_quantize=None, flags={"granularity": granularity}
+            export=("tflite",), export_quantize=None, granularity=granularity
         )
         data = types.SimpleNamespace(train=None, test=None)
         return types.SimpleNamespace(

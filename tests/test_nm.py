@@ -343,7 +343,7 @@ def test_cli_n_of_m_short_run(tmp_path):
 def test_cli_channel_runs_with_defaults(tmp_path):
     run_dir = tmp_path / "run"
     args = ["--granularity=channel", "--target_sparsity=0.5", "--epochs=1", "--batch_size=512"]
-    args.append("--progress=none")
+    args += ["--progress=none", "--export=tflite"]
     assert run_cli(*args, f"--model_dir={run_dir}") == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["granularity"] == "channel" and results["budget"] is None
@@ -351,6 +351,15 @@ def test_cli_channel_runs_with_defaults(tmp_path):
     stripped = keras.saving.load_model(run_dir / "model.keras")
     fc1 = stripped.get_layer("fc1").kernel.numpy()
     assert int((np.abs(fc1).sum(axis=0) == 0).sum()) == 150  # half of fc1's 300 channels
+    # --export writes the shrunk model: fc1 150 and fc2 50 units left of 300 and 100 (the
+    # logits stay), so 64*150+150 + 150*50+50 + 50*10+10 parameters.
+    shrunk = keras.saving.load_model(run_dir / "export" / "model.keras")
+    assert shrunk.get_layer("fc1").units == 150 and shrunk.get_layer("fc2").units == 50
+    assert shrunk.count_params() == 64 * 150 + 150 + 150 * 50 + 50 + 50 * 10 + 10
+    report = results["export"]["shrink"]
+    assert report["params"]["shrunk"] == shrunk.count_params()
+    assert report["params"]["dense"] == stripped.count_params()
+    assert (run_dir / "export" / "model.tflite").exists()
 
 
 def test_cli_dry_run_mentions_the_granularity_and_default_stays_weight(capsys):
