@@ -502,17 +502,17 @@ def test_cli_errors(tmp_path, saved_pruned, capsys, monkeypatch):
     text = tmp_path / "notes.keras"
     text.write_text("not a model")
     status, captured = _cli([f"--model={text}", f"--out={tmp_path / 'o1'}"], capsys)
-    assert status == export_cli.EXIT_ERROR and "is not a Keras model file" in captured.err
+    assert status == export_cli.EXIT_USAGE and "is not a Keras model file" in captured.err
 
     saved_model_dir = tmp_path / "sm"
     _mlp().export(str(saved_model_dir), verbose=False)
     status, captured = _cli([f"--model={saved_model_dir}", f"--out={tmp_path / 'o2'}"], capsys)
-    assert status == export_cli.EXIT_ERROR and "SavedModel directory" in captured.err
+    assert status == export_cli.EXIT_USAGE and "SavedModel directory" in captured.err
 
     status, captured = _cli(
         [f"--model={saved_pruned}", f"--out={tmp_path / 'o3'}", "--quantize=int8"], capsys
     )
-    assert status == export_cli.EXIT_ERROR and "representative_data" in captured.err
+    assert status == export_cli.EXIT_USAGE and "representative_data" in captured.err
 
     # A tfds dataset that is not prepared offline: a clear error naming --data_dir.
     empty = tmp_path / "tfds"
@@ -526,7 +526,7 @@ def test_cli_errors(tmp_path, saved_pruned, capsys, monkeypatch):
         ],
         capsys,
     )
-    assert status == export_cli.EXIT_ERROR and "--data_dir" in captured.err
+    assert status == export_cli.EXIT_USAGE and "--data_dir" in captured.err
     assert sorted(os.listdir(tmp_path)) == ["notes.keras", "sm", "tfds"]
 
 

@@ -148,15 +148,17 @@ def _named_dataset(name, data_dir=None, batch_size=32):
     return datasets.train, datasets.test
 
 
-EXIT_ERROR = 1
+EXIT_ERROR = 1  # the conversion or the file system failed
+EXIT_USAGE = 2  # bad input (model file, flags, data): the message says what to change
 EXIT_PARITY = 3
 
 
 def run(flag_values):
     """Runs an export from parsed flags; returns the process exit status.
 
-    0: exported and checked; 1: bad input or a failed conversion (nothing written);
-    3: written, but a float32 artifact failed the parity check.
+    0: exported and checked; 1: the conversion or the file system failed; 2: bad input
+    (model file, flags, data; nothing written); 3: written, but a float32 artifact failed
+    the parity check.
 
     Example:
 
@@ -164,7 +166,7 @@ def run(flag_values):
     >>> define_flags(fv)
     >>> _ = fv(["export", "--model=no/such/model.keras", "--out=out"])
     >>> run(fv)  # the message goes to stderr
-    1
+    2
     """
     fv = flag_values
     try:
@@ -194,7 +196,10 @@ def run(flag_values):
         print(format_export_report(e.report))
         print(f"error: {e}", file=sys.stderr)
         return EXIT_PARITY
-    except (ValueError, TypeError, ConversionError, OSError) as e:
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConversionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     print(format_export_report(report))
