@@ -229,6 +229,7 @@ def train_gradual(
     criterion="magnitude",
     initial_masks=None,
     budget=None,
+    sensitivity=None,
 ):
     """Prunes `model` along `schedule` while training it once; returns it stripped.
 
@@ -240,8 +241,10 @@ def train_gradual(
         training: a `kprune.workflows.training.TrainConfig`. With `lr_schedule="hold_cosine"`
             and no `lr_hold_end_step`, the rate is held until the schedule's last update.
         scope: "global" (one magnitude threshold over all pruned tensors) or "layer".
-        budget: "global", "uniform" or "erk" (`kprune.allocation.BUDGETS`), instead of `scope`
-            (see `kprune.prune`); None: from `scope`.
+        budget: "global", "uniform", "erk" or "sensitivity" (`kprune.allocation.BUDGETS`),
+            instead of `scope` (see `kprune.prune`); None: from `scope`.
+        sensitivity: the `SensitivityCurves` of `kprune.sensitivity` for
+            `budget="sensitivity"`.
         exclude: names of layers to keep dense.
         run_dir: optional directory for logs and checkpoints (see `fit_and_evaluate`).
         callbacks: extra Keras callbacks.
@@ -290,7 +293,12 @@ def train_gradual(
         # The pruned copy (wrappers, masks) lives under the strategy the model was built under.
         with model.distribute_strategy.scope():
             trained = prune(
-                model, schedule, exclude=list(exclude), criterion=criterion, budget=budget
+                model,
+                schedule,
+                exclude=list(exclude),
+                criterion=criterion,
+                budget=budget,
+                sensitivity=sensitivity,
             )
             if initial_masks:
                 set_masks(trained, initial_masks)
