@@ -247,3 +247,40 @@ def test_sensitivity_budget_trains_to_exact_counts_and_is_deterministic():
     again = run()[1]
     for a, b in zip(stripped.get_weights(), again.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_cli_dry_run_says_how_the_curves_are_measured(capsys):
+    from kprune import train
+
+    args = ["kprune.train", "--budget=sensitivity", "--target_sparsity=0.999", "--dry_run"]
+    assert train.cli([*args, "--sensitivity_steps=7", "--sensitivity_batches=3"]) == 0
+    out = capsys.readouterr().out
+    assert "sensitivity budget" in out
+    assert "a dense copy trains 7 steps on epoch 0 less its first 3 batches" in out
+    assert "0.99, 0.995, 0.999, 0.9995;" in out  # the target and one point above it
+    assert train.cli(["kprune.train", "--budget=erk", "--dry_run"]) == 0
+    assert "sensitivity" not in capsys.readouterr().out
+
+
+@pytest.mark.integration  # trains LeNet-300-100 on the digits for one epoch: ~30 s
+def test_cli_sensitivity_run_writes_curves_and_prunes_to_their_budget(tmp_path, capsys):
+    from kprune import train
+
+    run_dir = tmp_path / "run"
+    args = ["--budget=sensitivity", "--epochs=1", "--sensitivity_steps=5", "--progress=none"]
+    assert train.cli(["kprune.train", *args, f"--model_dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    curves = kprune.SensitivityCurves.from_json((run_dir / "sensitivity.json").read_text())
+    assert curves.names == ["fc1/kernel", "fc2/kernel", "logits/kernel"]
+    assert curves.examples == 4 * 32  # the 4 held-out batches of 32, not the test split
+    sizes = [64 * 300, 300 * 100, 100 * 10]
+    pairs = [(curves.sparsities, curves.loss_increase(n)) for n in curves.names]
+    expected = sensitivity_prune_counts(sizes, pairs, 0.9)
+    results = json.loads((run_dir / "results.json").read_text())
+    zeros = [row["total"] - row["nonzero"] for row in results["layers"]]
+    assert zeros == expected and sum(zeros) == round(0.9 * sum(sizes))
+    shown = ", ".join(f"{n} {c / s:.2%}" for n, c, s in zip(("fc1", "fc2", "logits"), zeros, sizes))
+    assert f"sensitivity targets per tensor: {shown}" in out
+    assert results["budget"] == "sensitivity" and results["sensitivity"]["warmup_steps"] == 5
+    assert results["sensitivity"]["held_out_examples"] == 128
