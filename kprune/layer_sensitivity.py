@@ -364,10 +364,10 @@ def sensitivity(
     curves = {}
     for name, _, variable in tensors:
         original = np.array(variable.numpy())
+        magnitude = tf.abs(tf.constant(original, tf.float32))
         losses, accuracies = [], []
         try:
             for s in sparsities:
-                magnitude = tf.abs(tf.constant(original, tf.float32))
                 (mask,) = compute_masks([magnitude], [tf.ones_like(magnitude)], s, "layer")
                 variable.assign(np.where(mask.numpy() != 0, original, 0).astype(original.dtype))
                 point_loss, point_accuracy = evaluate()
