@@ -19,6 +19,7 @@ Example:
 from kprune.api import bind_optimizer, get_masks, prune, set_masks, sparsity_report, strip
 from kprune.callbacks import PruningCallback
 from kprune.criteria import FGGP
+from kprune.layer_sensitivity import SensitivityCurves, sensitivity
 from kprune.schedules import (
     ConstantSparsity,
     CyclicalSparsity,
@@ -42,12 +43,14 @@ __all__ = [
     "PruningCallback",
     "PruningSchedule",
     "PruningWrapper",
+    "SensitivityCurves",
     "bind_optimizer",
     "get_masks",
     "masks_at_init",
     "prune",
     "prune_at_init",
     "run_lottery",
+    "sensitivity",
     "set_masks",
     "shrink",
     "sparsity_report",

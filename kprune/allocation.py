@@ -8,6 +8,9 @@
 * "erk": every tensor gets its own final sparsity from the ERK rule below, and its own copy of
   the schedule scaled to that target (`ScaledSparsity`, pruned with `scope="layer"`), so a
   linear schedule stays linear in every tensor and the counts at the end are exact.
+* "sensitivity": the same, with targets chosen from measured sensitivity curves
+  (`kprune.sensitivity`) by `sensitivity_prune_counts` below; pass the curves as
+  `sensitivity=` (`kprune.prune(model, schedule, budget="sensitivity", sensitivity=curves)`).
 
 Global and uniform budgets need no table (`kprune.masking.compute_masks` handles both);
 this module holds the budgets that depend on the shapes:
@@ -17,9 +20,19 @@ this module holds the budgets that depend on the shapes:
   model keeps `(1 - s) * N` weights. Tensors whose density would exceed 1 are made dense and
   the scale is solved again for the others, until no tensor exceeds 1.
 
+* Sensitivity: every tensor has a measured curve, loss increase against the number of its
+  weights pruned (magnitude pruning of that tensor alone). Each curve is made convex (its
+  lower convex hull through (0, 0) and the measured points; straight lines in between), and
+  weights are pruned greedily, always from the tensor whose next weight costs the least loss
+  on its convex curve. That is: all hull segments of all tensors sorted by slope (ties: first
+  tensor, then first segment), taken whole until the next would exceed `round(s * N)`, which
+  is taken in part. This minimizes the sum of the convexified loss increases, i.e. it assumes
+  the increases of different tensors add up. No tensor goes beyond the highest sparsity that
+  was measured.
+
 Counts are exact: the kept counts add up to `N - round(s * N)` (the same rounding as every
-other selection in kprune); the fractional parts left by rounding each tensor down go, one
-weight each, to the tensors with the largest fractions (ties: first tensor first).
+other selection in kprune); for ERK, the fractional parts left by rounding each tensor down
+go, one weight each, to the tensors with the largest fractions (ties: first tensor first).
 
 Example:
 
@@ -36,6 +49,8 @@ import numpy as np
 import tensorflow as tf
 
 from kprune._internal.validate import check_choice, check_number, check_sparsity
+from kprune._internal.walk import weight_key
+from kprune.layer_sensitivity import SensitivityCurves
 from kprune.schedules import PruningSchedule
 from kprune.targets import prunable_weights
 
@@ -48,11 +63,13 @@ __all__ = [
     "erk_prune_counts",
     "layer_budgets",
     "resolve_budget",
+    "sensitivity_prune_counts",
 ]
 
-BUDGETS = ("global", "uniform", "erk")
-# The `scope` each budget corresponds to ("erk" is also a scope of the at-init methods).
-BUDGET_SCOPES = {"global": "global", "uniform": "layer", "erk": "erk"}
+BUDGETS = ("global", "uniform", "erk", "sensitivity")
+# The `scope` each budget corresponds to ("erk" is also a scope of the at-init methods;
+# "sensitivity" is a name of its own, never a `scope=` argument).
+BUDGET_SCOPES = {"global": "global", "uniform": "layer", "erk": "erk", "sensitivity": "sensitivity"}
 
 
 def _check_shapes(shapes):
@@ -167,6 +184,87 @@ def erk_prune_counts(shapes, sparsity, power_scale=1.0):
     return [math.prod(int(d) for d in s) - k for s, k in zip(shapes, keep)]
 
 
+def _lower_hull(points):
+    """The lower convex hull of `(count, loss)` points sorted by count (first point kept)."""
+    hull = []
+    for point in points:
+        # Drop the last hull point while it lies on or above the line from the one before it
+        # to `point`: the hull's slopes then strictly increase.
+        while len(hull) >= 2:
+            (x0, y0), (x1, y1) = hull[-2], hull[-1]
+            if (y1 - y0) * (point[0] - x0) >= (point[1] - y0) * (x1 - x0):
+                hull.pop()
+            else:
+                break
+        hull.append(point)
+    return hull
+
+
+def sensitivity_prune_counts(sizes, curves, sparsity):
+    """Weights each tensor loses when `round(sparsity * N)` are pruned on measured curves.
+
+    Greedy on the convexified curves (see the module docstring): every tensor's points are
+    `(0, 0)` and `(round(s_j * n), loss increase at s_j)`; their lower convex hull is cut into
+    segments; all segments are taken in order of increasing slope (loss per weight; ties:
+    first tensor, then first segment) until `round(sparsity * N)` weights are pruned, the last
+    one in part. The counts add up to exactly `round(sparsity * N)`.
+
+    Args:
+        sizes: number of weights of every tensor.
+        curves: one `(sparsities, loss_increases)` pair per tensor, sparsities increasing in
+            (0, 1).
+        sparsity: overall sparsity in [0, 1).
+
+    Returns:
+        A list of ints, one per tensor, between 0 and `round(max(sparsities) * n)`.
+
+    Raises:
+        ValueError: the measured sparsities cannot reach `sparsity` (measure higher ones).
+
+    Example:
+
+    >>> # The first tensor costs nothing up to 90%, the second a lot from the first weight.
+    >>> sensitivity_prune_counts([100, 100], [((0.5, 0.9), (0.0, 0.0)),
+    ...                                       ((0.5, 0.9), (1.0, 3.0))], 0.5)
+    [90, 10]
+    """
+    sparsity = check_sparsity("sparsity", sparsity)
+    if len(sizes) != len(curves) or not sizes:
+        raise ValueError(
+            f"`sizes` and `curves` need one entry per tensor. Received {len(sizes)} sizes and "
+            f"{len(curves)} curves."
+        )
+    total = sum(int(n) for n in sizes)
+    target = int(np.round(np.float64(sparsity) * np.float64(total)))
+    segments, reach = [], 0
+    for index, (size, (sparsities, increases)) in enumerate(zip(sizes, curves)):
+        points = [(0, 0.0)]
+        for s, increase in zip(sparsities, increases):
+            count = int(np.round(np.float64(s) * np.float64(size)))  # kprune's prune_count
+            if count > points[-1][0]:  # equal counts are the same mask: keep the first
+                points.append((count, float(increase)))
+        reach += points[-1][0]
+        hull = _lower_hull(points)
+        for j, ((x0, y0), (x1, y1)) in enumerate(zip(hull, hull[1:])):
+            segments.append(((y1 - y0) / (x1 - x0), index, j, x1 - x0))
+    if reach < target:
+        highest = max(max(sparsities) for sparsities, _ in curves)
+        raise ValueError(
+            f"Sparsity {sparsity} prunes {target} of {total} weights, but the curves reach "
+            f"only {reach} (no tensor is pruned beyond its highest measured sparsity, here at "
+            f"most {highest}). Measure higher sparsities: kprune.sensitivity(..., "
+            "sparsities=...)."
+        )
+    counts, left = [0] * len(sizes), target
+    for _, index, _, length in sorted(segments):
+        if left == 0:
+            break
+        take = min(length, left)
+        counts[index] += take
+        left -= take
+    return counts
+
+
 @keras.saving.register_keras_serializable(package="kprune")
 class ScaledSparsity(PruningSchedule):
     """`schedule` scaled to another final sparsity: `s(t) = schedule(t) * final / s_f`.
@@ -259,7 +357,7 @@ def resolve_budget(budget=None, scope="global"):
     >>> resolve_budget(None, "layer"), resolve_budget("erk"), resolve_budget("uniform", "layer")
     ('uniform', 'erk', 'uniform')
     """
-    scopes = {v: k for k, v in BUDGET_SCOPES.items()}
+    scopes = {v: k for k, v in BUDGET_SCOPES.items() if k != "sensitivity"}
     check_choice("scope", scope, tuple(scopes))
     if budget is None:
         return scopes[scope]
@@ -272,22 +370,59 @@ def resolve_budget(budget=None, scope="global"):
     return budget
 
 
-def layer_budgets(layers, schedule, budget):
+def _no_curves_error():
+    return ValueError(
+        "budget='sensitivity' needs measured curves: call curves = kprune.sensitivity(model, "
+        "held_out_data) first, then pass sensitivity=curves."
+    )
+
+
+def _sensitivity_counts(curves, names, shapes, sparsity):
+    """`sensitivity_prune_counts` for the tensors `names`, read from `SensitivityCurves`."""
+    if not isinstance(curves, SensitivityCurves):
+        raise TypeError(
+            "`sensitivity` must be the SensitivityCurves that kprune.sensitivity() returns "
+            f"(or SensitivityCurves.from_json(...)). Received: {type(curves).__name__}"
+        )
+    missing = [name for name in names if name not in curves.tensors]
+    if missing:
+        raise ValueError(
+            f"The sensitivity curves have no curve for {missing} (they have {curves.names}); "
+            "measure the model you prune, with the same `exclude` or fewer."
+        )
+    for name, shape in zip(names, shapes):
+        if list(curves.tensors[name]["shape"]) != [int(d) for d in shape]:
+            raise ValueError(
+                f"The sensitivity curve of {name!r} is for shape {curves.tensors[name]['shape']}, "
+                f"but the tensor has shape {list(shape)}: the curves are of another model."
+            )
+    sizes = [math.prod(int(d) for d in shape) for shape in shapes]
+    pairs = [(curves.sparsities, curves.loss_increase(name)) for name in names]
+    return sensitivity_prune_counts(sizes, pairs, sparsity)
+
+
+def layer_budgets(layers, schedule, budget, *, sensitivity=None, prefixes=None):
     """The `(schedule, scope)` of each layer to wrap, for a per-tensor budget.
 
     Args:
-        layers: built prunable Keras layers, in model order (one pruned tensor each for "erk").
+        layers: built prunable Keras layers, in model order (one pruned tensor each for "erk"
+            and "sensitivity").
         schedule: the model-wide `PruningSchedule` (or None: fixed masks, no budget to apply).
         budget: one of `BUDGETS`.
+        sensitivity: for "sensitivity", the `SensitivityCurves` of `kprune.sensitivity`.
+        prefixes: names of the containers of each layer (as `kprune.masks.walk_model` gives
+            them), to name its tensor as the curves do; default: none (top-level layers).
 
     Returns:
         A list of `(schedule, scope)` pairs, one per layer: the shared schedule with scope
-        "global" or "layer", or (for "erk") a `ScaledSparsity` to the tensor's ERK target
-        (`erk_prune_counts` at `schedule.final_sparsity`, as an exact fraction) with "layer".
+        "global" or "layer", or (for "erk" and "sensitivity") a `ScaledSparsity` to the
+        tensor's own target (`erk_prune_counts` or `sensitivity_prune_counts` at
+        `schedule.final_sparsity`, as an exact fraction) with "layer".
 
     Raises:
-        ValueError: "erk" for a layer with more than one pruned tensor (e.g. SeparableConv2D),
-            whose tensors would need different targets within one wrapper.
+        ValueError: "erk" or "sensitivity" for a layer with more than one pruned tensor (e.g.
+            SeparableConv2D), whose tensors would need different targets within one wrapper;
+            "sensitivity" without curves, or with curves of another model.
 
     Example:
 
@@ -299,19 +434,27 @@ def layer_budgets(layers, schedule, budget):
     [(0.5, 'layer')]
     """
     check_choice("budget", budget, BUDGETS)
-    if schedule is None or budget != "erk":
-        return [(schedule, BUDGET_SCOPES[budget] if budget != "erk" else "layer")] * len(layers)
-    shapes = []
-    for layer in layers:
+    if budget == "sensitivity" and schedule is not None and sensitivity is None:
+        raise _no_curves_error()
+    if schedule is None or budget not in ("erk", "sensitivity"):
+        scope = "layer" if budget in ("erk", "sensitivity") else BUDGET_SCOPES[budget]
+        return [(schedule, scope)] * len(layers)
+    prefixes = [()] * len(layers) if prefixes is None else list(prefixes)
+    shapes, names = [], []
+    for layer, prefix in zip(layers, prefixes):
         weights = prunable_weights(layer)
         if len(weights) != 1:
             raise ValueError(
-                f"budget='erk' gives every pruned tensor its own target, but layer "
+                f"budget={budget!r} gives every pruned tensor its own target, but layer "
                 f"'{layer.name}' has {len(weights)} pruned tensors in one wrapper. Keep it "
                 "dense (exclude) or use budget='global' or 'uniform'."
             )
         shapes.append(tuple(weights[0].shape))
-    counts = erk_prune_counts(shapes, schedule.final_sparsity)
+        names.append(weight_key(tuple(prefix), layer, weights[0]))
+    if budget == "erk":
+        counts = erk_prune_counts(shapes, schedule.final_sparsity)
+    else:
+        counts = _sensitivity_counts(sensitivity, names, shapes, schedule.final_sparsity)
     return [
         (ScaledSparsity(schedule, count / math.prod(shape)), "layer")
         for shape, count in zip(shapes, counts)

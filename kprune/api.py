@@ -160,6 +160,7 @@ def prune(
     budget=None,
     granularity="weight",
     target="channels",
+    sensitivity=None,
 ):
     """Returns a copy of `model` whose prunable layers are wrapped in `PruningWrapper`.
 
@@ -181,8 +182,9 @@ def prune(
             the default), `"fggp"` (gradient-first, magnitude-next), or a
             `kprune.criteria.Criterion` such as `kprune.FGGP(candidate_rate=0.5)`.
         budget: per-tensor budget instead of `scope` (`kprune.allocation.BUDGETS`): "global",
-            "uniform" (= scope "layer") or "erk" (each tensor on the schedule scaled to its ERK
-            target); a `scope` other than "global" must agree with it.
+            "uniform" (= scope "layer"), "erk" (each tensor on the schedule scaled to its ERK
+            target) or "sensitivity" (the same, targets chosen on measured curves, given as
+            `sensitivity`); a `scope` other than "global" must agree with it.
         granularity: `"weight"` (single weights, the default), `"channel"` (whole output
             channels with every slice coupled to them, traced through the graph by
             `kprune.structured.graph`; the schedule is then the fraction of channels removed,
@@ -196,6 +198,8 @@ def prune(
         target: at channel granularity, what the schedule's sparsity measures: `"channels"`
             (the fraction of channels removed) or `"macs"` (the fraction of the MACs
             removed; every group loses the channel fraction that gives it).
+        sensitivity: for `budget="sensitivity"`, the `SensitivityCurves` that
+            `kprune.sensitivity(model, held_out_data)` measured on this model.
 
     Returns:
         A new `keras.Model`.
@@ -223,6 +227,11 @@ def prune(
             f"schedule={schedule!r}"
         )
     granularity = parse_granularity(granularity)
+    if sensitivity is not None and budget != "sensitivity":
+        raise ValueError(
+            f"`sensitivity` curves are used by budget='sensitivity' only. Received: "
+            f"budget={budget!r}; pass budget='sensitivity' or drop `sensitivity`."
+        )
     if granularity.kind == "channel":
         return _prune_channels(model, schedule, scope, exclude, criterion, budget, target)
     if target != "channels":
@@ -247,7 +256,10 @@ def prune(
         check_nm_arguments(granularity, schedule, criterion)
         walked = _nm_layers(model, walked, granularity, stacklevel=2)
     to_wrap = [layer for layer, _ in walked]
-    plan = dict(zip(map(id, to_wrap), layer_budgets(to_wrap, schedule, budget)))
+    budgets = layer_budgets(
+        to_wrap, schedule, budget, sensitivity=sensitivity, prefixes=[p for _, p in walked]
+    )
+    plan = dict(zip(map(id, to_wrap), budgets))
 
     dense = left_dense(model)
     if dense:

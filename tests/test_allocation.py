@@ -120,7 +120,7 @@ def test_uniform_and_global_budgets_are_the_scopes():
     with pytest.raises(ValueError, match="contradicts scope='layer'"):
         resolve_budget("erk", "layer")
     with pytest.raises(ValueError, match="budget"):
-        resolve_budget("sensitivity")
+        resolve_budget("hessian")
 
 
 def test_erk_refuses_layers_with_two_pruned_tensors():

@@ -70,6 +70,10 @@ def test_readme_block_runs_as_written(name, code, tmp_path):
         assert lines[-1] == "{'total': 22200, 'nonzero': 2220, 'sparsity': 0.9}", lines[-1]
         accuracy = float(re.search(r"'accuracy': ([0-9.]+)", lines[-2]).group(1))
         assert accuracy >= 0.9, lines[-2]
+    if name == "sensitivity":  # exact counts on the sensitivity budget
+        lines = out.stdout.strip().splitlines()
+        assert lines[-1] == "{'total': 22200, 'nonzero': 2220, 'sparsity': 0.9}", lines[-1]
+        assert (tmp_path / "curves.json").exists()
     if name == "channel":  # half the channels of each conv: about a quarter of the weights
         dense, small = map(int, re.search(r"^(\d+) (\d+)$", out.stdout, re.M).groups())
         assert small < dense / 3, (dense, small)

@@ -142,9 +142,12 @@ class RunFlags:
     budget: str | None = _flag(
         "enum", None,
         "Per-tensor budget: global (one magnitude threshold, --scope=global), uniform (the "
-        "target in every tensor, --scope=layer) or erk (Erdos-Renyi-Kernel targets per tensor; "
-        "gradual methods ramp every tensor on the schedule scaled to its own target). Default: "
-        "--scope if given, else erk for linear, polynomial and cyclical, global for the others.",
+        "target in every tensor, --scope=layer), erk (Erdos-Renyi-Kernel targets per tensor; "
+        "gradual methods ramp every tensor on the schedule scaled to its own target) or "
+        "sensitivity (linear, polynomial, cyclical: targets chosen greedily on sensitivity "
+        "curves measured on a dense copy after --sensitivity_steps of training, on "
+        "--sensitivity_batches held-out training batches). Default: --scope if given, else erk "
+        "for linear, polynomial and cyclical, global for the others.",
         choices=BUDGET_NAMES,
     )  # fmt: skip
     granularity: str = _flag(
@@ -155,6 +158,17 @@ class RunFlags:
         "every M consecutive weights along a Dense/Conv kernel's input axis survive; linear, "
         "polynomial, cyclical, snip, grasp, synflow and random; --target_sparsity defaults to "
         "1 - N/M and must equal it; --budget uniform by default, or global).",
+    )  # fmt: skip
+    sensitivity_steps: int = _flag(
+        "integer", 200,
+        "--budget=sensitivity: training steps of the dense copy whose sensitivity is measured.",
+        lower=0,
+    )  # fmt: skip
+    sensitivity_batches: int = _flag(
+        "integer", 4,
+        "--budget=sensitivity: first training batches of epoch 0 held out of that warm-up to "
+        "measure the curves on (never the test split).",
+        lower=1,
     )  # fmt: skip
     # Schedule (fractions of the whole training, or steps).
     prune_begin: float = _flag(

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import keras
 
+from kprune._internal.files import write_text_atomic
 from kprune.api import sparsity_report, strip
 from kprune.criteria import FGGP
 from kprune.distribute import ReplicaMaskCheck
@@ -29,17 +30,24 @@ from kprune.experiment.plan import (
     late_pruning_warning,
     lr_lines,
     pruning_window_of,
+    sensitivity_sparsities,
     training_of,
 )
 from kprune.experiment.run_config import RunConfig, lth_rounds
 from kprune.granularity import parse_granularity
+from kprune.layer_sensitivity import SensitivityCurves
 from kprune.workflows.at_init import (
     class_balanced_sample,
     masks_at_init,
     saliency_batches,
     train_at_init,
 )
-from kprune.workflows.gradual import make_schedule, train_gradual, update_steps
+from kprune.workflows.gradual import (
+    make_schedule,
+    train_gradual,
+    update_steps,
+    warmup_sensitivity,
+)
 from kprune.workflows.lottery import FINAL_MODEL, run_lottery
 from kprune.workflows.training import (
     apply_weight_decay,
@@ -71,6 +79,7 @@ class RunContext:
     run_dir: pathlib.Path | None = None
     strategy: object = None  # tf.distribute.Strategy the model was built under (None: dry run)
     distribution: dict | None = None  # kprune.distribute.describe_strategy(strategy) and more
+    echo: Callable | None = None  # text for the user while a method runs (the CLI: print)
 
     @property
     def total_steps(self):
@@ -121,7 +130,13 @@ def _gradual_schedule(ctx):
 
 
 def _check_scope(ctx, allowed):
-    if ctx.config.method != "dense" and ctx.config.scope not in allowed:
+    pruning = ctx.config.method != "dense"
+    if pruning and ctx.config.scope == "sensitivity" and "sensitivity" not in allowed:
+        raise UsageError(
+            f"--budget=sensitivity applies to --method=linear, polynomial and cyclical, not "
+            f"--method={ctx.config.method}; choose --budget=global, uniform or erk."
+        )
+    if pruning and ctx.config.scope not in allowed:
         raise UsageError(
             f"--scope={ctx.config.scope} does not apply to --method={ctx.config.method}; "
             f"choose one of {', '.join(allowed)}."
@@ -147,7 +162,7 @@ def _granularity_lines(ctx):
 
 
 def _plan_gradual(ctx):
-    _check_scope(ctx, ("global", "layer", "erk"))
+    _check_scope(ctx, ("global", "layer", "erk", "sensitivity"))
     schedule = _gradual_schedule(ctx)
     if schedule is None:
         return ["pruning   none (dense baseline)"]
@@ -171,9 +186,55 @@ def _plan_gradual(ctx):
     ]
 
 
+SENSITIVITY_FILE = "sensitivity.json"
+SENSITIVITY_PLOT = "sensitivity.png"
+
+
+def _measure_sensitivity(ctx, schedule):
+    """--budget=sensitivity: the curves of a warmed-up dense copy, written to the run directory.
+
+    A resumed run reads the curves it wrote before (the same flags measure the same curves).
+    """
+    f, path = ctx.config.flags, ctx.run_dir / SENSITIVITY_FILE
+    if path.exists():
+        curves = SensitivityCurves.from_json(path.read_text())
+    else:
+        curves = warmup_sensitivity(
+            ctx.model,
+            ctx.data,
+            training_of(ctx),
+            steps=f["sensitivity_steps"],
+            held_out_batches=f["sensitivity_batches"],
+            sparsities=sensitivity_sparsities(ctx.config.target_sparsity),
+            exclude=ctx.config.exclude,
+        )
+        write_text_atomic(path, curves.to_json())
+    plot = None
+    try:
+        curves.plot(ctx.run_dir / SENSITIVITY_PLOT)
+        plot = SENSITIVITY_PLOT
+    except ImportError:  # matplotlib is optional: the JSON holds everything
+        pass
+    lines = budget_lines(ctx, schedule, sensitivity=curves)
+    (ctx.echo or print)(
+        "\n".join(lines) + f"\n          curves in {path}" + (f" and {plot}" if plot else "")
+    )
+    return curves, {
+        "file": SENSITIVITY_FILE,
+        "plot": plot,
+        "warmup_steps": f["sensitivity_steps"],
+        "held_out_batches": f["sensitivity_batches"],
+        "held_out_examples": curves.examples,
+        "baseline_accuracy": curves.baseline_accuracy,
+    }
+
+
 def _run_gradual(ctx):
     schedule = _gradual_schedule(ctx)
-    return train_gradual(
+    curves = record = None
+    if schedule is not None and ctx.config.budget == "sensitivity":
+        curves, record = _measure_sensitivity(ctx, schedule)
+    stripped, results = train_gradual(
         ctx.model,
         ctx.data,
         schedule,
@@ -184,7 +245,11 @@ def _run_gradual(ctx):
         run_dir=ctx.run_dir,
         verbose=ctx.config.verbose,
         granularity=ctx.config.granularity,
+        sensitivity=curves,
     )
+    if record is not None:
+        results["sensitivity"] = record
+    return stripped, results
 
 
 # -- FGGP: gradient-first, magnitude-next, on the cubic (polynomial) schedule --------------------

@@ -2,7 +2,8 @@
 
 `kprune.experiment.methods` uses these for --dry_run and before training: the pruning window
 from the --prune_* flags, the learning rate coupled to it (hold_cosine), the per-tensor ERK
-targets, and a warning when mask updates fall where the learning rate is low.
+targets (or how the sensitivity curves are measured), and a warning when mask updates fall
+where the learning rate is low.
 
 Example:
 
@@ -18,12 +19,20 @@ import keras
 
 from kprune.allocation import layer_budgets
 from kprune.experiment.config import UsageError
+from kprune.layer_sensitivity import DEFAULT_SPARSITIES
 from kprune.masks import walk_model
 from kprune.targets import is_prunable
 from kprune.workflows.gradual import pruning_window
 from kprune.workflows.training import make_learning_rate
 
-__all__ = ["budget_lines", "late_pruning_warning", "lr_lines", "pruning_window_of", "training_of"]
+__all__ = [
+    "budget_lines",
+    "late_pruning_warning",
+    "lr_lines",
+    "pruning_window_of",
+    "sensitivity_sparsities",
+    "training_of",
+]
 
 
 def pruning_window_of(ctx):
@@ -67,24 +76,63 @@ def late_pruning_warning(ctx, updates):
     ]
 
 
-def budget_lines(ctx, schedule):
-    """The per-tensor ERK targets (checks too that every pruned layer has one tensor)."""
-    if ctx.config.budget != "erk":
-        return []
+def _budget_layers(ctx):
     exclude = set(ctx.config.exclude)
-    layers = [
-        layer
-        for layer, _ in walk_model(ctx.model)
+    return [
+        (layer, prefix)
+        for layer, prefix in walk_model(ctx.model)
         if is_prunable(layer) and not isinstance(layer, keras.Model) and layer.name not in exclude
     ]
+
+
+def sensitivity_sparsities(target):
+    """The sparsities the CLI measures: `DEFAULT_SPARSITIES`, the target and one above it.
+
+    Example:
+
+    >>> sensitivity_sparsities(0.999)[-3:]
+    (0.995, 0.999, 0.9995)
+    """
+    return tuple(sorted({*DEFAULT_SPARSITIES, float(target), round((1 + target) / 2, 6)} - {0.0}))
+
+
+def budget_lines(ctx, schedule, sensitivity=None):
+    """The per-tensor ERK or sensitivity targets (checks too that every pruned layer has one
+    tensor). Before the curves are measured (`sensitivity` None: a dry run, or the plan printed
+    before training) the sensitivity line says how they will be measured."""
+    budget = ctx.config.budget
+    if budget not in ("erk", "sensitivity"):
+        return []
+    walked = _budget_layers(ctx)
+    layers, prefixes = [layer for layer, _ in walked], [prefix for _, prefix in walked]
+    if budget == "sensitivity" and sensitivity is None:
+        f = ctx.config.flags
+        if f["sensitivity_batches"] >= ctx.steps_per_epoch:
+            raise UsageError(
+                f"--sensitivity_batches={f['sensitivity_batches']} holds out every batch of an "
+                f"epoch ({ctx.steps_per_epoch}); hold out fewer."
+            )
+        try:  # the one-tensor-per-layer check, on ERK's targets (the same rule)
+            layer_budgets(layers, schedule, "erk")
+        except ValueError as err:
+            raise UsageError(f"--budget=sensitivity: {err}") from err
+        points = sensitivity_sparsities(ctx.config.target_sparsity)
+        return [
+            f"budget    sensitivity: a dense copy trains {f['sensitivity_steps']} steps on "
+            f"epoch 0 less its first {f['sensitivity_batches']} batches, which are held out to "
+            f"measure each tensor magnitude-pruned alone at {', '.join(f'{p:g}' for p in points)};"
+            " per-tensor targets greedy on those curves (printed before training)"
+        ]
     try:
-        budgets = layer_budgets(layers, schedule, "erk")
+        budgets = layer_budgets(
+            layers, schedule, budget, sensitivity=sensitivity, prefixes=prefixes
+        )
     except ValueError as err:
-        raise UsageError(f"--budget=erk: {err}") from err
+        raise UsageError(f"--budget={budget}: {err}") from err
     shown = [f"{layer.name} {s.final_sparsity:.2%}" for layer, (s, _) in zip(layers, budgets)]
     if len(shown) > 8:
         shown = shown[:4] + ["..."] + shown[-3:]
-    return [f"budget    erk targets per tensor: {', '.join(shown)}"]
+    return [f"budget    {budget} targets per tensor: {', '.join(shown)}"]
 
 
 def lr_lines(ctx):

@@ -201,12 +201,14 @@ def resolve_budget_flags(values, granularity=None):
                 "--granularity=channel use --scope=layer (the default) or --scope=global."
             )
         return None, scope
-    scopes = {scope: budget for budget, scope in BUDGET_SCOPES.items()}
+    scopes = {scope: budget for budget, scope in BUDGET_SCOPES.items() if budget != "sensitivity"}
     budget = values.budget
     if budget is not None and values["scope"].present and BUDGET_SCOPES[budget] != values.scope:
+        scope = BUDGET_SCOPES[budget]
+        same = f"is --scope={scope}" if scope in scopes else "has no --scope name"
         raise UsageError(
-            f"--budget={budget} contradicts --scope={values.scope} (--budget={budget} is "
-            f"--scope={BUDGET_SCOPES[budget]}); give one of them."
+            f"--budget={budget} contradicts --scope={values.scope} (--budget={budget} {same}); "
+            "give one of them."
         )
     if budget is None:
         if values["scope"].present:

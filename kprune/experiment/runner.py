@@ -203,6 +203,7 @@ def _train_and_write(ctx, plan_lines, decision, echo):
     if decision == "resume":
         echo(f"Resuming the unfinished run in {config.run_dir}.")
     run_dir = ctx.run_dir = run_dir_lib.start(config, decision)
+    ctx.echo = echo
     echo("\n".join(plan_lines))
     start = time.perf_counter()
     # Model, masks, optimizer and pruning state are all created in the strategy's scope.

@@ -14,6 +14,8 @@ reference point.
 | `cyclical`   | `CyclicalSparsity`, pruned weights regrow | cyclical pruning                  |
 
 The pruning window is given in steps; `pruning_window` turns fractions of training into steps.
+`warmup_sensitivity` measures the curves of `budget="sensitivity"` on a briefly trained dense
+copy (what `--budget=sensitivity` does before training).
 
 Example:
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import tensorflow as tf
 
 from kprune._internal.validate import check_choice, check_integer, check_number
@@ -35,8 +38,14 @@ from kprune.allocation import BUDGET_SCOPES, resolve_budget
 from kprune.api import prune, pruning_wrappers, set_masks, sparsity_report, strip
 from kprune.criteria import get_criterion
 from kprune.granularity import parse_granularity
+from kprune.layer_sensitivity import DEFAULT_SPARSITIES, sensitivity
 from kprune.schedules import CyclicalSparsity, LinearSparsity, PolynomialDecay
-from kprune.workflows.training import fit_and_evaluate
+from kprune.workflows.training import (
+    apply_weight_decay,
+    fit_and_evaluate,
+    make_loss,
+    make_optimizer,
+)
 
 __all__ = [
     "GRADUAL_METHODS",
@@ -45,6 +54,7 @@ __all__ = [
     "make_schedule",
     "update_steps",
     "train_gradual",
+    "warmup_sensitivity",
 ]
 
 GRADUAL_METHODS = ("dense", "linear", "polynomial", "cyclical")
@@ -231,6 +241,7 @@ def train_gradual(
     initial_masks=None,
     budget=None,
     granularity="weight",
+    sensitivity=None,
 ):
     """Prunes `model` along `schedule` while training it once; returns it stripped.
 
@@ -242,8 +253,10 @@ def train_gradual(
         training: a `kprune.workflows.training.TrainConfig`. With `lr_schedule="hold_cosine"`
             and no `lr_hold_end_step`, the rate is held until the schedule's last update.
         scope: "global" (one magnitude threshold over all pruned tensors) or "layer".
-        budget: "global", "uniform" or "erk" (`kprune.allocation.BUDGETS`), instead of `scope`
-            (see `kprune.prune`); None: from `scope`.
+        budget: "global", "uniform", "erk" or "sensitivity" (`kprune.allocation.BUDGETS`),
+            instead of `scope` (see `kprune.prune`); None: from `scope`.
+        sensitivity: the `SensitivityCurves` of `kprune.sensitivity` for
+            `budget="sensitivity"`.
         exclude: names of layers to keep dense.
         run_dir: optional directory for logs and checkpoints (see `fit_and_evaluate`).
         callbacks: extra Keras callbacks.
@@ -302,7 +315,9 @@ def train_gradual(
     else:
         # The pruned copy (wrappers, masks) lives under the strategy the model was built under.
         with model.distribute_strategy.scope():
-            prune_args = {"scope": scope} if channel else {"budget": budget}
+            prune_args = (
+                {"scope": scope} if channel else {"budget": budget, "sensitivity": sensitivity}
+            )
             if (
                 channel and isinstance(criterion, str) and criterion == "magnitude"
             ):  # the default: channels rank by L1 norm
@@ -340,3 +355,68 @@ def train_gradual(
     results["sparsity"] = sparsity_report(trained)
     stripped = trained if schedule is None else strip(trained)
     return stripped, results
+
+
+def warmup_sensitivity(
+    model,
+    data,
+    training,
+    *,
+    steps,
+    held_out_batches=4,
+    sparsities=DEFAULT_SPARSITIES,
+    exclude=(),
+):
+    """Sensitivity curves of `model` after a short dense warm-up, on held-out training data.
+
+    The first `held_out_batches` batches of epoch 0 of `data.train_epochs` are held out; a
+    copy of `model` (`model` itself is not changed) trains `steps` steps with the optimizer,
+    loss and weight decay of `training` on the other batches of that epoch (repeated in the
+    same order if `steps` is longer than they are), so it never sees the held-out examples;
+    then `kprune.sensitivity` measures the copy on them. Deterministic for a given seed of
+    `data`. The test split is not used.
+
+    Args:
+        model: a built Sequential or functional Keras model that outputs logits.
+        data: a `kprune.data.Dataset` from `load_dataset` (with `train_epochs`).
+        training: a `kprune.workflows.training.TrainConfig` (its learning-rate schedule is
+            followed from step 0).
+        steps: warm-up optimizer steps, >= 0.
+        held_out_batches: batches held out for measuring, >= 1 and below `steps_per_epoch`.
+        sparsities, exclude: as in `kprune.sensitivity`.
+
+    Returns:
+        A `kprune.SensitivityCurves`.
+
+    Example:
+
+    >>> from kprune import data as data_lib, models
+    >>> from kprune.workflows.training import TrainConfig
+    >>> data = data_lib.load_dataset("digits", batch_size=64)
+    >>> model = models.lenet300_100(data.input_shape, data.num_classes)
+    >>> curves = warmup_sensitivity(model, data, TrainConfig(), steps=20)  # doctest: +SKIP
+    """
+    steps = check_integer("steps", steps, 0)
+    held = check_integer("held_out_batches", held_out_batches, 1)
+    if not getattr(data, "replayable", False):
+        raise ValueError(
+            "warmup_sensitivity needs a dataset from kprune.data.load_dataset (its replayable "
+            "train_epochs stream decides which batches are held out)."
+        )
+    if held >= data.steps_per_epoch:
+        raise ValueError(
+            f"held_out_batches={held} leaves no training batch in an epoch of "
+            f"{data.steps_per_epoch}; hold out fewer batches."
+        )
+    epoch = data.train_epochs(0).take(data.steps_per_epoch)
+    warm = keras.models.clone_model(model)
+    warm.set_weights(model.get_weights())
+    if steps:
+        apply_weight_decay(warm, training.weight_decay)
+        warm.compile(
+            optimizer=make_optimizer(training, data.steps_per_epoch), loss=make_loss(training)
+        )
+        warm.fit(
+            epoch.skip(held).repeat(), epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False
+        )
+    return sensitivity(warm, epoch.take(held), sparsities=sparsities, exclude=list(exclude))
