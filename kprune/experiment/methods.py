@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from collections.abc import Callable
 
@@ -56,6 +57,8 @@ from kprune.workflows.training import (
 )
 
 __all__ = ["METHODS", "Method", "RunContext"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -216,7 +219,7 @@ def _measure_sensitivity(ctx, schedule):
     except ImportError:  # matplotlib is optional: the JSON holds everything
         pass
     lines = budget_lines(ctx, schedule, sensitivity=curves)
-    (ctx.echo or print)(
+    (ctx.echo or _log.info)(
         "\n".join(lines) + f"\n          curves in {path}" + (f" and {plot}" if plot else "")
     )
     return curves, {
