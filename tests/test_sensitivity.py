@@ -284,3 +284,22 @@ def test_cli_sensitivity_run_writes_curves_and_prunes_to_their_budget(tmp_path, 
     assert f"sensitivity targets per tensor: {shown}" in out
     assert results["budget"] == "sensitivity" and results["sensitivity"]["warmup_steps"] == 5
     assert results["sensitivity"]["held_out_examples"] == 128
+
+
+def test_run_flags_carry_the_sensitivity_flags_only_for_that_budget():
+    from absl import flags
+
+    from kprune.experiment.config import define_flags
+    from kprune.experiment.run_config import config_from_flags
+
+    def flag_lines(*args):
+        values = flags.FlagValues()
+        define_flags(values)
+        values(["kprune.train", *args])
+        return config_from_flags(values).flag_lines
+
+    # Runs of the other budgets keep the run.flags they had before these flags existed.
+    assert not {"sensitivity_steps", "sensitivity_batches"} & set(flag_lines("--budget=erk"))
+    lines = flag_lines("--budget=sensitivity", "--sensitivity_steps=7")
+    assert lines["sensitivity_steps"] == "--sensitivity_steps=7"
+    assert lines["sensitivity_batches"] == "--sensitivity_batches=4"

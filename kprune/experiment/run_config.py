@@ -291,6 +291,8 @@ def config_from_flags(values=flags.FLAGS):
             line = f"--target_sparsity={target_sparsity!r}"
         if name == "granularity" and granularity == Granularity("weight"):
             line = ""  # run.flags of weight pruning stay as they were (resume compares them)
+        if name in ("sensitivity_steps", "sensitivity_batches") and budget != "sensitivity":
+            line = ""  # only --budget=sensitivity reads them; other run.flags stay unchanged
         if line:
             lines[name] = line
     return RunConfig(
