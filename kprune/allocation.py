@@ -72,6 +72,11 @@ BUDGETS = ("global", "uniform", "erk", "sensitivity")
 BUDGET_SCOPES = {"global": "global", "uniform": "layer", "erk": "erk", "sensitivity": "sensitivity"}
 
 
+def _prune_count(sparsity, total):
+    """`round(sparsity * total)` on the host, as `kprune.masking.prune_count` computes it."""
+    return int(np.round(np.float64(sparsity) * np.float64(total)))
+
+
 def _check_shapes(shapes):
     checked = []
     for shape in shapes:
@@ -148,7 +153,7 @@ def erk_keep_counts(shapes, sparsity, power_scale=1.0):
     densities = erk_densities(shapes, sparsity, power_scale)
     sizes = [math.prod(int(d) for d in s) for s in shapes]
     total = sum(sizes)
-    keep_total = total - int(np.round(np.float64(sparsity) * np.float64(total)))
+    keep_total = total - _prune_count(sparsity, total)
     ideal = [d * n for d, n in zip(densities, sizes)]
     counts = [min(int(math.floor(x)), n) for x, n in zip(ideal, sizes)]
     missing = keep_total - sum(counts)
@@ -235,12 +240,12 @@ def sensitivity_prune_counts(sizes, curves, sparsity):
             f"{len(curves)} curves."
         )
     total = sum(int(n) for n in sizes)
-    target = int(np.round(np.float64(sparsity) * np.float64(total)))
+    target = _prune_count(sparsity, total)
     segments, reach = [], 0
     for index, (size, (sparsities, increases)) in enumerate(zip(sizes, curves)):
         points = [(0, 0.0)]
         for s, increase in zip(sparsities, increases):
-            count = int(np.round(np.float64(s) * np.float64(size)))  # kprune's prune_count
+            count = _prune_count(s, size)
             if count > points[-1][0]:  # equal counts are the same mask: keep the first
                 points.append((count, float(increase)))
         reach += points[-1][0]
