@@ -26,7 +26,7 @@ from kprune._internal.validate import check_choice
 from kprune._internal.walk import check_model, clone, fresh_copy, is_graph_model, subclassed_error
 from kprune.allocation import layer_budgets, resolve_budget
 from kprune.criteria import get_criterion
-from kprune.granularity import nm_problem, parse_granularity
+from kprune.granularity import nm_problems, parse_granularity
 from kprune.masking import SCOPES
 from kprune.masks import (
     apply_masks,
@@ -123,11 +123,7 @@ def _nm_layers(model, to_wrap, granularity, stacklevel):
     kept, skipped = [], []
     for item in to_wrap:
         layer = item[0]
-        problems = [
-            f"{layer.name}/{w.name} {tuple(w.shape)}: {problem}"
-            for w in prunable_weights(layer)
-            if (problem := nm_problem(layer, w, granularity.m))
-        ]
+        problems = nm_problems(layer, prunable_weights(layer), granularity.m)
         if problems:
             skipped.extend(problems)
         else:

@@ -37,6 +37,8 @@ import re
 import keras
 import numpy as np
 
+from kprune._internal.walk import variable_path
+
 __all__ = ["GRANULARITY_FORMS", "Granularity", "nm_axis", "nm_pattern_holds", "parse_granularity"]
 
 GRANULARITY_FORMS = '"weight", "channel" or "N:M" with integers 0 < N < M (e.g. "2:4")'
@@ -150,6 +152,30 @@ def nm_problem(layer, variable, m):
     if length % m:
         return f"input axis {axis} has length {length}, not a multiple of {m}"
     return None
+
+
+def nm_problems(layer, weights, m):
+    """One line for each of `weights` (of `layer`) that cannot hold N:M groups of `m`.
+
+    A line reads `"<layer>/<path> <shape>: <why>"`, the path being the weight's place inside
+    `layer` (`variable_path`); the list is empty when every weight can hold the pattern.
+    `kprune.prune` leaves the layers it names dense (with a warning); `PruningWrapper` refuses
+    them.
+
+    Example:
+
+    >>> dense = keras.layers.Dense(2, name="fc")
+    >>> dense.build((None, 6))
+    >>> for line in nm_problems(dense, [dense.kernel, dense.bias], 4):
+    ...     print(line)
+    fc/kernel (6, 2): input axis 0 has length 6, not a multiple of 4
+    fc/bias (2,): no N:M rule for a Dense weight
+    """
+    return [
+        f"{'/'.join((layer.name, *variable_path(layer, w)))} {tuple(w.shape)}: {problem}"
+        for w in weights
+        if (problem := nm_problem(layer, w, m))
+    ]
 
 
 def nm_pattern_holds(array, n, m, axis):

@@ -38,7 +38,7 @@ from kprune._internal.compat import call_has_training_arg
 from kprune._internal.validate import check_choice
 from kprune._internal.walk import variable_path
 from kprune.criteria import Magnitude, get_criterion
-from kprune.granularity import NM_TOLERANCE, nm_axis, nm_problem, parse_granularity
+from kprune.granularity import NM_TOLERANCE, nm_axis, nm_problems, parse_granularity
 from kprune.masking import SCOPES
 from kprune.pruning_group import PruningGroup, apply_mask, exact_value
 from kprune.schedules import PruningSchedule
@@ -225,11 +225,7 @@ class PruningWrapper(keras.layers.Wrapper):
         self.masks = masks
         if self.granularity.is_nm:
             m = self.granularity.m
-            problems = [
-                f"{'/'.join(variable_path(self.layer, w))} {tuple(w.shape)}: {problem}"
-                for w in weights
-                if (problem := nm_problem(self.layer, w, m))
-            ]
+            problems = nm_problems(self.layer, weights, m)
             if problems:
                 raise ValueError(
                     f"Layer '{self.layer.name}' cannot hold a {self.granularity} pattern: "
