@@ -55,10 +55,13 @@ def test_snip_counts_the_nan_scores_of_the_input_row_and_checks_every_batch():
     # Where the CPU kernel's relu maps NaN to 0 the logits stay finite and only row 2 of fc1's
     # kernel sees the NaN (16 scores); where relu passes NaN through (Eigen's max on some
     # CPUs) the loss is NaN and every score of fc1's kernel is (128).
+    # Which of the two holds depends on the kernel the model's relu runs on (a probe of
+    # tf.nn.relu outside the model disagreed with the model's fused kernel under pytest-xdist),
+    # so either exact count is accepted; any other count fails.
     x, y = data_with_nan()
-    relu_of_nan = float(tf.nn.relu(tf.constant([float("nan")]))[0])
-    expected = 128 if np.isnan(relu_of_nan) else 16
-    with pytest.raises(ValueError, match=f"{expected} of the 128 scores of 'fc1/kernel' are NaN"):
+    with pytest.raises(
+        ValueError, match="(?<![0-9])(16|128) of the 128 scores of 'fc1/kernel' are NaN"
+    ):
         kprune.masks_at_init(mlp(), (x, y), method="snip", sparsity=0.5)
     # The bad example is in the second of two dataset batches: the averaged score still shows it.
     x[3, 2], x[20, 2] = 0.5, np.inf
